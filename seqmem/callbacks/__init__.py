@@ -1,0 +1,33 @@
+"""Gradient-flow diagnostics as Lightning callbacks, one file each; all write to TensorBoard.
+
+    trainer:
+      callbacks:
+        - class_path: seqmem.callbacks.GradientNorms
+        - class_path: seqmem.callbacks.TimestepGradients
+          init_args: {every_n_steps: 200}
+"""
+
+from seqmem.callbacks.base import Diagnostic, ProbeDiagnostic, gradient_horizon
+from seqmem.callbacks.clipping import ClippingEvents
+from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
+from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
+from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
+from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
+
+__all__ = [
+    "ClippingEvents",
+    "Diagnostic",
+    "GradientNorms",
+    "InputSensitivity",
+    "ProbeDiagnostic",
+    "RecurrentSpectrum",
+    "TimestepGradients",
+    "gradient_horizon",
+    "gradient_norms",
+    "input_sensitivity",
+    "orthogonality_error",
+    "parameter_tags",
+    "probe_loss",
+    "spectral_summary",
+    "timestep_grad_norms",
+]

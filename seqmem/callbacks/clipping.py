@@ -1,0 +1,108 @@
+"""Clipping events: how often, and how hard, gradient clipping acts.
+
+Counted on *every* optimizer step, in device tensors (no host sync), and read only on the steps
+Lightning logs. Measured in ``on_before_optimizer_step``, i.e. before clipping both for
+Trainer-level clipping (Lightning clips after that hook) and for manual optimisation (the module
+clips in its own ``on_before_optimizer_step``, which Lightning calls after the callbacks'). The
+clip value and algorithm come from ``pl_module.clip_settings()``; with no clipping nothing is logged.
+The gradients are the all-reduced ones, identical on every rank: global rank 0 alone counts and logs.
+"""
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from seqmem.callbacks.base import Diagnostic, Layout, log_step_due, tensorboard_writer, write_scalars
+
+
+def optimizer_grads(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The gradients the optimizer is about to apply — exactly the set Lightning clips."""
+    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+class ClippingEvents(Diagnostic):
+    """Logs ``clip/...`` tags when the run clips gradients.
+
+    Every clipping run: ``clip/pre_norm`` and ``clip/post_norm`` (total L2 norm before and after;
+    for norm clipping post = min(pre, clip)), ``clip/clipped`` (1 if this step was clipped),
+    ``clip/clipped_steps`` (cumulative count) and ``clip/clipped_fraction`` (of all steps so far).
+    Value clipping also logs ``clip/entries_clipped`` (fraction of gradient entries clipped this
+    step) and ``clip/entries_clipped_all`` (over all steps so far); a step counts as clipped when
+    any entry was.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+        self.clipped_steps: Optional[Tensor] = None  # () on the gradients' device
+        self.entries = 0
+        self.clipped_entries: Optional[Tensor] = None  # ()
+
+    def layout(self, pl_module: "L.LightningModule") -> Layout:
+        return {
+            "clip": {
+                "norm before / after clipping": ["Multiline", [r"clip/(pre|post)_norm"]],
+                "fraction of steps clipped": ["Multiline", ["clip/clipped_fraction", "clip/clipped"]],
+                "fraction of entries clipped (value clipping)": ["Multiline", [r"clip/entries_clipped.*"]],
+            }
+        }
+
+    def on_before_optimizer_step(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        clip, algorithm = pl_module.clip_settings()
+        writer = tensorboard_writer(trainer)
+        grads = optimizer_grads(optimizer)
+        if clip is None or writer is None or not grads:
+            return
+        pre = torch.nn.utils.get_total_norm(grads)  # () on device
+        # Counters live on the gradients' device (a restored checkpoint brings them back on the CPU).
+        self.clipped_steps = pre.new_zeros(()) if self.clipped_steps is None else self.clipped_steps.to(pre.device)
+        self.clipped_entries = pre.new_zeros(()) if self.clipped_entries is None else self.clipped_entries.to(pre.device)
+        if algorithm == "value":
+            clipped_now = torch.stack([(g.abs() > clip).sum() for g in grads]).sum()  # () entries over the bound
+            numel = sum(g.numel() for g in grads)
+            self.clipped_entries += clipped_now
+            self.entries += numel
+            step_clipped = clipped_now > 0
+        else:
+            step_clipped = pre > clip
+        self.steps += 1
+        self.clipped_steps += step_clipped
+        if not log_step_due(trainer):
+            return
+        values = {
+            "clip/pre_norm": pre,
+            "clip/post_norm": self._post_norm(grads, pre, clip, algorithm),
+            "clip/clipped": step_clipped,
+            "clip/clipped_steps": self.clipped_steps,
+            "clip/clipped_fraction": self.clipped_steps / self.steps,
+        }
+        if algorithm == "value":
+            values["clip/entries_clipped"] = clipped_now / numel
+            values["clip/entries_clipped_all"] = self.clipped_entries / self.entries
+        write_scalars(writer, values, trainer.global_step)
+
+    @staticmethod
+    def _post_norm(grads: list[Tensor], pre: Tensor, clip: float, algorithm: str) -> Tensor:
+        if algorithm == "value":
+            return torch.nn.utils.get_total_norm([g.clamp(-clip, clip) for g in grads])
+        return pre.clamp(max=clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Cumulative counts survive a resume from checkpoint (read at checkpoint time only).
+        zero = torch.zeros(())
+        return {
+            "steps": self.steps,
+            "clipped_steps": (self.clipped_steps if self.clipped_steps is not None else zero).item(),
+            "entries": self.entries,
+            "clipped_entries": (self.clipped_entries if self.clipped_entries is not None else zero).item(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = state_dict["steps"]
+        self.entries = state_dict["entries"]
+        self.clipped_steps = torch.tensor(float(state_dict["clipped_steps"]))
+        self.clipped_entries = torch.tensor(float(state_dict["clipped_entries"]))

@@ -1,0 +1,102 @@
+"""Per-timestep gradient norms ‖dL/dh_t‖ for every step t and layer — the product-of-Jacobians law.
+
+dL/dh_k = dL/dh_T · Π_{t=k+1..T} J_t: its norm shrinks or grows geometrically with the lag T − k.
+A fused kernel never exposes it (the gradient on ``output[t]`` is only the readout's share), so the
+probe runs the model's step-by-step path with zero offsets added to every h_t and takes *one*
+``torch.autograd.grad`` with respect to the offsets: the full dL/dh_t of every layer and step, with
+the training gradients in ``.grad`` left untouched (no ``.backward()``).
+"""
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from seqmem.callbacks.base import Layout, ProbeDiagnostic, gradient_horizon, norm_heatmap, write_scalars
+from seqmem.errors import require
+
+ProbeLoss = Literal["last", "task"]
+
+
+def probe_loss(pl_module: "L.LightningModule", pred: Tensor, y: Tensor, loss: ProbeLoss) -> Tensor:
+    """The probe's loss: "task" is the training loss; "last" the final-step loss L_T alone.
+
+    For tasks read out at the last step only, the two coincide; for readout "all" tasks (copy, lm)
+    "last" keeps only the loss at the final step, so every dL/dh_t with t < T comes through the
+    recurrence — the classic vanishing-gradient picture.
+    """
+    if loss == "last" and pl_module.task.readout == "all":
+        pred, y = pred[:, -1], y[:, -1]  # (B, C), (B,)
+    return pl_module.loss(pred, y)
+
+
+def timestep_grad_norms(pl_module: "L.LightningModule", x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
+    """‖dL/dh_t‖ of every layer and step, the norm taken over the batch and hidden units.
+
+    Args:
+        pl_module: a SequenceModel (``forward_steps``, ``loss``, ``task``, ``net``).
+        x: (B, T) token ids or (B, T, I) features.
+        y: targets as in a training batch.
+        loss: "last" (final-step loss L_T) or "task" (the training loss).
+
+    Returns:
+        (L, T) norms.
+    """
+    net = pl_module.net
+    shape = (net.num_layers, x.shape[0], x.shape[1], net.hidden_size)
+    offsets = torch.zeros(shape, device=pl_module.device, dtype=pl_module.dtype, requires_grad=True)  # (L, B, T, H)
+    pred, _ = pl_module.forward_steps(x, offsets)
+    (grad,) = torch.autograd.grad(probe_loss(pl_module, pred, y, loss), offsets)  # (L, B, T, H)
+    return grad.square().sum(dim=(1, 3)).sqrt()  # (L, T)
+
+
+class TimestepGradients(ProbeDiagnostic):
+    """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps: ``grad_time/heatmap`` (image: one row
+    per layer, time left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0),
+    ``grad_time/layer<l>/final`` (‖dL/dh_T‖), ``grad_time/layer<l>/ratio_lag<k>``
+    (‖dL/dh_{T−k}‖ / ‖dL/dh_T‖) and ``grad_time/layer<l>/horizon`` (the gradient horizon).
+
+    Rank-local: rank 0 probes its own probe batch; nothing is reduced across ranks.
+
+    Args:
+        every_n_steps: probe on optimizer steps 0, N, 2N, ...
+        probe_batch_size: rows of the first training batch kept as the probe batch.
+        loss: "last" — the final-step loss L_T (the classic figure) — or "task", the training loss.
+        lags: lags k at which the ratio ‖dL/dh_{T−k}‖ / ‖dL/dh_T‖ is logged (those < T).
+        threshold: the gradient horizon is the largest lag whose ratio is at least this.
+        decades: orders of magnitude spanned by the heatmap's colour scale.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        probe_batch_size: int = 32,
+        loss: ProbeLoss = "last",
+        lags: tuple[int, ...] = (1, 10, 30, 100),
+        threshold: float = 1e-3,
+        decades: float = 8.0,
+    ):
+        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
+        require(loss in ("last", "task"), f"loss of TimestepGradients must be last or task, got {loss!r}")
+        self.loss = loss
+
+    def layout(self, pl_module: "L.LightningModule") -> Layout:
+        charts = {
+            "gradient horizon": ["Multiline", [r"grad_time/layer\d+/horizon"]],
+            "final-step gradient": ["Multiline", [r"grad_time/layer\d+/final"]],
+        }
+        for layer in range(pl_module.net.num_layers):
+            charts[f"layer{layer} ratio at lags"] = ["Multiline", [rf"grad_time/layer{layer}/ratio_lag\d+"]]
+        return {"grad_time": charts}
+
+    def probe_and_log(
+        self, writer: SummaryWriter, pl_module: "L.LightningModule", x: Tensor, y: Tensor, step: int
+    ) -> None:
+        norms = timestep_grad_norms(pl_module, x, y, self.loss).detach()  # (L, T)
+        values = {}
+        for layer, curve in enumerate(norms):
+            values.update(self.summarise(f"grad_time/layer{layer}", curve))
+        write_scalars(writer, values, step)
+        writer.add_image("grad_time/heatmap", norm_heatmap(norms, self.decades), step)

@@ -1,0 +1,149 @@
+"""The interface every recurrent family shares, and the step-by-step path they all inherit.
+
+Two paths, one set of parameters:
+
+* ``forward`` — the fused path used for training (nn.RNN / nn.GRU / nn.LSTM or ``torch.rnn_tanh``,
+  so cuDNN / oneDNN do the work). A fused kernel hides dL/dh_t: the gradient reaching ``output[t]``
+  is only the readout's share, not what flows back through the recurrence.
+* ``forward_steps`` — the same function computed cell by cell in Python. It returns every layer's
+  h_t, and accepts zero ``h_offsets`` added to each h_t, so one ``torch.autograd.grad`` call on the
+  offsets yields the *full* dL/dh_t for every layer and step at once (the diagnostics need this).
+
+A test keeps the two paths equal for every cell.
+"""
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmem.errors import require
+
+# Torch's convention: a (num_layers, B, H) tensor, or an (h, c) pair of them for the LSTM.
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+class RecurrentNet(nn.Module):
+    """Base class: a multi-layer recurrent network over batch-first sequences.
+
+    Subclasses implement :meth:`forward` (fused) and the three step-path hooks
+    :meth:`layer_weights`, :meth:`project_input` and :meth:`step`.
+
+    Args:
+        input_size: features per time step of the input.
+        hidden_size: units per layer.
+        num_layers: stacked recurrent layers.
+        dropout: dropout on the outputs of every layer except the last (as nn.RNN does).
+    """
+
+    #: Names of the gate blocks stacked in W_h (torch's order); one empty name for plain RNNs.
+    gate_names: tuple[str, ...] = ("",)
+    #: Tensors in one layer's state: 1 (h) or 2 (h, c).
+    state_size: int = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        require(hidden_size >= 1, f"model.hidden_size must be >= 1, got {hidden_size}")
+        require(num_layers >= 1, f"model.num_layers must be >= 1, got {num_layers}")
+        require(0.0 <= dropout < 1.0, f"model.dropout must be in [0, 1), got {dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+
+    # ---- fused path -------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        """Fused forward: x (B, T, input_size) -> outputs (B, T, H) of the last layer, final state."""
+        raise NotImplementedError
+
+    # ---- step-by-step path hooks ------------------------------------------------------------
+    def layer_weights(self, layer: int) -> tuple[Tensor, ...]:
+        """(W_in, W_h, b_in, b_h, ...) of one layer, computed once per forward, never per step."""
+        raise NotImplementedError
+
+    def project_input(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """W_in x_t + b_in for all t in one matmul: (B, T, I) -> (B, T, gates * H)."""
+        return F.linear(x, weights[0], weights[2])
+
+    def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """One time step of one layer: projected input (B, gates*H), state -> new state."""
+        raise NotImplementedError
+
+    def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
+        """The trainable tensors of one layer by role (W_in, W_h, b_in, b_h...) for diagnostics."""
+        raise NotImplementedError
+
+    # ---- shared machinery ---------------------------------------------------------------------
+    def forward_steps(
+        self, x: Tensor, state: Optional[State] = None, h_offsets: Optional[Tensor] = None
+    ) -> tuple[Tensor, State, Tensor]:
+        """Step-by-step forward over the same parameters as :meth:`forward`.
+
+        Args:
+            x: (B, T, input_size) inputs.
+            state: initial state in torch's format, zeros when None.
+            h_offsets: optional (num_layers, B, T, H) tensor added to every h_t; pass zeros that
+                require grad and ``autograd.grad(loss, h_offsets)`` is the full dL/dh_t.
+
+        Returns:
+            outputs (B, T, H) of the last layer, the final state, and hiddens (L, B, T, H).
+        """
+        B, T, _ = x.shape
+        layer_states = self._unpack(state, B, x)
+        layer_input = x  # (B, T, I)
+        hiddens = []
+        for layer in range(self.num_layers):
+            weights = self.layer_weights(layer)
+            x_proj = self.project_input(weights, layer_input)  # (B, T, gates*H)
+            s = layer_states[layer]
+            hs = []
+            for t in range(T):
+                s = self.step(weights, x_proj[:, t], s)
+                if h_offsets is not None:
+                    # Adds zero, but makes the offset's gradient the total dL/dh_t (readout + recurrence).
+                    s = (s[0] + h_offsets[layer, :, t],) + s[1:]
+                hs.append(s[0])
+            layer_states[layer] = s
+            out = torch.stack(hs, dim=1)  # (B, T, H)
+            hiddens.append(out)
+            last = layer == self.num_layers - 1
+            layer_input = out if last else F.dropout(out, self.dropout, self.training)
+        return layer_input, self._pack(layer_states), torch.stack(hiddens)  # hiddens (L, B, T, H)
+
+    def recurrent_matrices(self) -> dict[str, Tensor]:
+        """W_h of every layer, split into its gate blocks: {"layer0/f": (H, H), ...}."""
+        matrices = {}
+        for layer in range(self.num_layers):
+            w_h = self.layer_weights(layer)[1]  # (gates*H, H)
+            for gate, block in zip(self.gate_names, w_h.chunk(len(self.gate_names), dim=0)):
+                matrices[f"layer{layer}/{gate}" if gate else f"layer{layer}"] = block
+        return matrices
+
+    def _unpack(self, state: Optional[State], batch_size: int, like: Tensor) -> list[tuple[Tensor, ...]]:
+        """Torch-format state -> one tuple of (B, H) tensors per layer."""
+        if state is None:
+            zeros = like.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
+            state = zeros if self.state_size == 1 else (zeros, zeros)
+        parts = (state,) if self.state_size == 1 else state
+        return [tuple(p[layer] for p in parts) for layer in range(self.num_layers)]
+
+    def _pack(self, layer_states: list[tuple[Tensor, ...]]) -> State:
+        """One tuple per layer -> torch-format state."""
+        parts = tuple(torch.stack([s[i] for s in layer_states]) for i in range(self.state_size))  # (L, B, H)
+        return parts[0] if self.state_size == 1 else parts
+
+
+class TorchRecurrentNet(RecurrentNet):
+    """Shared plumbing for families whose fused path is a torch module (nn.RNN, nn.GRU, nn.LSTM)."""
+
+    rnn: nn.RNNBase
+
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        return self.rnn(x, state)  # (B, T, H), state
+
+    def layer_weights(self, layer: int) -> tuple[Tensor, ...]:
+        return tuple(getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
+        return dict(zip(("W_in", "W_h", "b_in", "b_h"), self.layer_weights(layer)))

@@ -1,0 +1,55 @@
+"""LSTM (Hochreiter & Schmidhuber 1997), torch's gate order (i, f, g, o). Fused path: nn.LSTM.
+
+c_t = f ⊙ c_{t-1} + i ⊙ g: the cell state's additive path has Jacobian diag(f), ≈ I while the
+forget gate is open — hence the forget-bias init of 1 (Gers et al. 2000; Jozefowicz et al. 2015).
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmem.models.base import TorchRecurrentNet
+
+
+class LSTM(TorchRecurrentNet):
+    """Long short-term memory, PyTorch's default init plus an optional forget-gate bias.
+
+    Args:
+        input_size: features per time step of the input.
+        hidden_size: units per layer.
+        num_layers: stacked recurrent layers.
+        dropout: dropout between layers.
+        forget_bias: initial forget-gate bias (set in b_ih, with b_hh's forget block zeroed, so
+            the total is exactly this); None keeps PyTorch's uniform init.
+    """
+
+    gate_names = ("i", "f", "g", "o")
+    state_size = 2
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        forget_bias: Optional[float] = 1.0,
+    ):
+        super().__init__(input_size, hidden_size, num_layers, dropout)
+        self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
+        if forget_bias is not None:
+            forget = slice(hidden_size, 2 * hidden_size)
+            with torch.no_grad():
+                for layer in range(num_layers):
+                    _, _, b_in, b_h = self.layer_weights(layer)
+                    b_in[forget] = forget_bias
+                    b_h[forget] = 0.0
+
+    def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        _, w_h, _, b_h = weights
+        h, c = state  # (B, H) each
+        i, f, g, o = (x_proj + F.linear(h, w_h, b_h)).chunk(4, dim=1)  # each (B, H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c

@@ -1,0 +1,351 @@
+"""SequenceModel: embedding/input -> recurrent net -> task head -> loss, plus metrics.
+
+The task (sizes, loss, readout, baseline) arrives as a :class:`TaskSpec` linked from the datamodule,
+so nothing is copied by hand between ``--data`` and ``--model``.
+"""
+
+import math
+from typing import Iterator, Literal, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from seqmem.errors import require
+from seqmem.metrics import BucketAccuracy
+from seqmem.models import MODELS, State, build_model
+from seqmem.tasks.spec import TaskSpec
+
+# Checkpoints hold the TaskSpec in their hyperparameters; allow it under torch.load(weights_only=True).
+torch.serialization.add_safe_globals([TaskSpec])
+
+Cell = Literal["vanilla", "orthogonal", "irnn", "gru", "lstm"]
+assert set(Cell.__args__) == set(MODELS), "keep the Cell literal in step with the MODELS table"
+
+
+class SequenceModel(L.LightningModule):
+    """A recurrent network trained on one task.
+
+    Args:
+        task: sizes, loss and baseline of the task — linked from ``--data`` automatically.
+        cell: recurrent family: vanilla (tanh), orthogonal (W_h kept orthogonal), irnn (ReLU, W_h = I),
+            gru, lstm.
+        hidden_size: units per recurrent layer.
+        num_layers: stacked recurrent layers.
+        dropout: dropout between recurrent layers.
+        embedding_size: width of the token embedding (token tasks only: copy, agreement, lm).
+        activation: orthogonal only — tanh (fused kernel) or modrelu (step-by-step path, slower).
+        orthogonal_init: orthogonal only — initial W_h: henaff, cayley or random.
+        orthogonal_map: orthogonal only — matrix_exp (expRNN) or cayley.
+        orthogonal_lr_scale: learning-rate multiplier for the skew-symmetric parameters behind an
+            orthogonal W_h (expRNN trains them at 0.1× the others).
+        irnn_scale: irnn only — W_h is initialised to this multiple of the identity.
+        forget_bias: lstm only — initial forget-gate bias (default 1.0; keeps the cell's memory open).
+        tbptt_steps: truncated BPTT: cut each batch into chunks of this many steps, carry the hidden state
+            across chunk boundaries (detached, so the gradient stops there) and take one optimizer step per
+            chunk; ``trainer.global_step`` then counts chunk updates. Readout "all" tasks (copy, lm) take
+            the loss of each chunk on its own targets; readout "last" tasks (adding, agreement) have a loss
+            only at the final step, so the steps before the last ``tbptt_steps`` only advance the state
+            (no gradient) and each batch makes one update. None: full BPTT, one update per batch.
+        gradient_clip_val: clip the gradient of every update at this value (None: no clipping). Owned
+            by the model rather than the Trainer because Lightning refuses Trainer clipping under manual
+            optimisation (truncated BPTT); this one option works in both modes. Clipping runs after
+            every callback's ``on_before_optimizer_step``, so diagnostics see the pre-clip gradient.
+        gradient_clip_algorithm: "norm" (rescale the total 2-norm) or "value" (clamp each entry).
+        optimizer: optimizer class and arguments, e.g. ``--model.optimizer RMSprop --model.optimizer.lr 1e-3``.
+        lr_scheduler: optional learning-rate scheduler class and arguments.
+    """
+
+    def __init__(
+        self,
+        task: Optional[TaskSpec] = None,
+        cell: Cell = "lstm",
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        embedding_size: int = 32,
+        activation: Optional[Literal["tanh", "modrelu"]] = None,
+        orthogonal_init: Optional[Literal["henaff", "cayley", "random"]] = None,
+        orthogonal_map: Optional[Literal["matrix_exp", "cayley"]] = None,
+        orthogonal_lr_scale: float = 0.1,
+        irnn_scale: Optional[float] = None,
+        forget_bias: Optional[float] = None,
+        tbptt_steps: Optional[int] = None,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ):
+        super().__init__()
+        require(task is not None, "model.task is missing: it is linked from the data module (pass --data ...)")
+        require(embedding_size >= 1, f"model.embedding_size must be >= 1, got {embedding_size}")
+        require(orthogonal_lr_scale > 0, f"model.orthogonal_lr_scale must be > 0, got {orthogonal_lr_scale}")
+        require(tbptt_steps is None or tbptt_steps >= 1, f"model.tbptt_steps must be >= 1 or null, got {tbptt_steps}")
+        require(
+            gradient_clip_val is None or gradient_clip_val > 0,
+            f"model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}",
+        )
+        require(
+            gradient_clip_algorithm in ("norm", "value"),
+            f"model.gradient_clip_algorithm must be norm or value, got {gradient_clip_algorithm!r}",
+        )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.task = task
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        # Truncated BPTT takes several optimizer steps per batch, which only manual optimisation allows.
+        self.automatic_optimization = tbptt_steps is None
+        self.embed = nn.Embedding(task.input_size, embedding_size) if task.input_tokens else nn.Identity()
+        net_input = embedding_size if task.input_tokens else task.input_size
+        self.net = build_model(
+            cell, net_input, hidden_size, num_layers, dropout,
+            activation=activation, orthogonal_init=orthogonal_init, orthogonal_map=orthogonal_map,
+            irnn_scale=irnn_scale, forget_bias=forget_bias,
+        )  # fmt: skip
+        self.head = nn.Linear(hidden_size, task.output_size)
+        # Hidden state carried across consecutive batches of a stateful task (lm), per stage.
+        self.carried: dict[str, Optional[State]] = {}
+        self.eval_metrics = nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
+
+    # ---- model --------------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        """x: (B, T) token ids or (B, T, I) features -> predictions and final state.
+
+        Predictions: readout "last": (B,) for regression, (B, C) logits; readout "all": (B, T, C).
+        """
+        outputs, state = self.net(self.embed(x), state)  # (B, T, H)
+        return self.readout(outputs), state
+
+    def forward_steps(self, x: Tensor, h_offsets: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Step-by-step twin of :meth:`forward` for diagnostics: predictions and hiddens (L, B, T, H).
+
+        ``h_offsets`` (L, B, T, H) zeros requiring grad make ``autograd.grad(loss, h_offsets)`` the
+        full dL/dh_t of every layer and step (see RecurrentNet.forward_steps).
+        """
+        outputs, _, hiddens = self.net.forward_steps(self.embed(x), None, h_offsets)
+        return self.readout(outputs), hiddens
+
+    def readout(self, outputs: Tensor) -> Tensor:
+        """Task head on the recurrent outputs (B, T, H) — shared by the fused and step-by-step paths."""
+        if self.task.readout == "last":
+            outputs = outputs[:, -1]  # (B, H)
+        pred = self.head(outputs)  # (B, [T,] C)
+        return pred.squeeze(-1) if self.task.loss == "mse" else pred
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Mean loss of predictions against targets (MSE or cross-entropy over every target)."""
+        if self.task.loss == "mse":
+            return F.mse_loss(pred, y)
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+
+    # ---- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Optional[Tensor]:
+        if batch_idx == 0:
+            # The streams restart with the epoch. Keyed on the batch index rather than on the epoch
+            # start, so that a run resumed mid-epoch keeps the state restored from its checkpoint.
+            self.carried.pop("train", None)
+        if self.hparams.tbptt_steps is not None:
+            return self._truncated_step(batch)
+        pred, state = self(batch["x"], self._carried_state("train"))
+        self._carry("train", state)
+        loss = self.loss(pred, batch["y"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def tbptt_chunks(self, x: Tensor, y: Tensor, state: Optional[State] = None) -> Iterator[tuple[Tensor, State]]:
+        """Truncated BPTT over one batch: yields ``(loss, state)`` once per update, in time order.
+
+        The consumer runs backward (and the optimizer step) on each loss before asking for the next;
+        the state is then detached, so no gradient crosses a chunk boundary while the forward values
+        flow on unchanged: the last state yielded equals the uncut forward's final state.
+
+        Args:
+            x: (B, T) token ids or (B, T, I) features.
+            y: targets, (B,) for readout "last", (B, T) for readout "all".
+            state: initial state (the carried state of a stateful task), zeros when None.
+        """
+        k, T = self.hparams.tbptt_steps, x.shape[1]
+        if self.task.readout == "last":
+            # The only loss is at step T: the steps before the last k advance the state without a
+            # gradient (none could reach them), then one update backpropagates through the last k.
+            cut = max(T - k, 0)
+            if cut:
+                with torch.no_grad():
+                    _, state = self.net(self.embed(x[:, :cut]), state)  # state after step cut
+            pred, state = self(x[:, cut:], state)  # (B[, C])
+            yield self.loss(pred, y), state
+            return
+        for start in range(0, T, k):
+            pred, state = self(x[:, start : start + k], state)  # (B, k, C)
+            yield self.loss(pred, y[:, start : start + k]), state
+            state = _detach(state)
+
+    def _truncated_step(self, batch: dict) -> None:
+        optimizer = self.optimizers()
+        state = self._carried_state("train")
+        for loss, state in self.tbptt_chunks(batch["x"], batch["y"], state):
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self._log_update(loss)
+            optimizer.step()  # runs on_before_optimizer_step (callbacks, then our clipping)
+        self._carry("train", state)
+        # Lightning writes self.log values once per batch at its batch counter; a "step" value makes
+        # it use global_step (chunk updates) instead, so every logged curve shares one x-axis.
+        self.log("step", float(self.global_step))
+
+    def _log_update(self, loss: Tensor) -> None:
+        """train/loss of one chunk update, written at its own global_step on the logging cadence."""
+        self.log("train/loss", loss, prog_bar=True, logger=False)
+        step, every = self.global_step, self.trainer.log_every_n_steps
+        # Same cadence as Lightning's automatic loop: update number step + 1 is a multiple of every.
+        if every and (step + 1) % every == 0:
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": loss.item()}, step=step)
+
+    def on_train_epoch_end(self) -> None:
+        # Manual optimisation leaves schedulers to us; step per epoch, as the automatic loop does.
+        if not self.automatic_optimization and (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()
+
+    def _carried_state(self, stage: str) -> Optional[State]:
+        return self.carried.get(stage) if self.task.stateful else None
+
+    def _carry(self, stage: str, state: State) -> None:
+        if self.task.stateful:
+            # Detach: the next batch continues the stream, but gradients stop at the batch boundary.
+            self.carried[stage] = _detach(state)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and
+        # the CPU random state (dropout). Lightning restores neither by itself.
+        state = self.carried.get("train")
+        if state is not None:
+            parts = state if isinstance(state, tuple) else (state,)
+            gathered = [self.all_gather(p) for p in parts]
+            if self.trainer.world_size == 1:
+                gathered = [g.unsqueeze(0) for g in gathered]
+            checkpoint["carried_train_state"] = [g.cpu() for g in gathered]  # each (W, L, B, H)
+        checkpoint["cpu_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Applied when training starts: the trainer (ranks, device) is known only then, and a model
+        # loaded for analysis (load_from_checkpoint) must not reset the global random state.
+        self._resume_from = {key: checkpoint.get(key) for key in ("cpu_rng_state", "carried_train_state")}
+
+    def on_train_start(self) -> None:
+        checkpoint = self.__dict__.pop("_resume_from", None)
+        if checkpoint is None:
+            return
+        if checkpoint["cpu_rng_state"] is not None:
+            torch.set_rng_state(checkpoint["cpu_rng_state"])
+        saved = checkpoint["carried_train_state"]
+        # Another number of ranks splits the streams differently: the saved rows would not match.
+        if saved is not None and saved[0].shape[0] == self.trainer.world_size:
+            parts = tuple(s[self.trainer.global_rank].to(self.device) for s in saved)  # (L, B, H) each
+            self.carried["train"] = parts if len(parts) > 1 else parts[0]
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def _make_metrics(self) -> nn.ModuleDict:
+        metrics = nn.ModuleDict({"loss": MeanMetric()})
+        if self.task.accuracy_steps:
+            metrics["acc"] = MulticlassAccuracy(self.task.output_size, average="micro")
+        if self.task.bucket_names:
+            metrics["bucket_acc"] = BucketAccuracy(len(self.task.bucket_names))
+        return metrics
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        pred, state = self(batch["x"], self._carried_state(stage))
+        self._carry(stage, state)
+        metrics = self.eval_metrics[stage]
+        metrics["loss"].update(self.loss(pred, batch["y"]))
+        if "acc" in metrics:
+            # readout "all" scores only the last accuracy_steps steps (copy: the recalled symbols).
+            scored, target = (pred, batch["y"]) if self.task.readout == "last" else (
+                pred[:, -self.task.accuracy_steps :], batch["y"][:, -self.task.accuracy_steps :]
+            )
+            metrics["acc"].update(scored.reshape(-1, scored.shape[-1]), target.reshape(-1))
+        if "bucket_acc" in metrics:
+            metrics["bucket_acc"].update(pred.argmax(-1), batch["y"], batch["bucket"])
+
+    def _log_epoch(self, stage: str) -> None:
+        # compute() already all-reduces across DDP ranks, so values are logged without sync_dist.
+        metrics = self.eval_metrics[stage]
+        loss = metrics["loss"].compute()
+        values = {f"{stage}/loss": loss, f"{stage}/baseline": torch.tensor(self.task.baseline)}
+        if self.task.perplexity:
+            values[f"{stage}/ppl"] = loss.exp()
+            if self.task.char_level:
+                values[f"{stage}/bpc"] = loss / math.log(2)
+        if "acc" in metrics:
+            values[f"{stage}/acc"] = metrics["acc"].compute()
+        if "bucket_acc" in metrics:
+            for name, acc in zip(self.task.bucket_names, metrics["bucket_acc"].compute()):
+                if not acc.isnan():
+                    values[f"{stage}/acc_{name}"] = acc
+        self.log_dict(values, prog_bar=stage == "val")
+        if not self.automatic_optimization and stage == "val":
+            self.log("step", float(self.global_step))  # same x-axis as the chunk updates
+        for metric in metrics.values():
+            metric.reset()
+        self.carried.pop(stage, None)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
+        pred, _ = self(batch["x"])
+        return pred
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def clip_settings(self) -> tuple[Optional[float], Optional[str]]:
+        """The gradient clipping in force: (clip value or None, "norm" or "value").
+
+        Diagnostics read clipping from here rather than from the Trainer: ``model.gradient_clip_val``
+        works in both modes; a plain ``Trainer(gradient_clip_val=...)`` (automatic mode only) is
+        reported when the model sets none.
+        """
+        if self.hparams.gradient_clip_val is not None:
+            return self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm
+        trainer = self.trainer
+        return trainer.gradient_clip_val or None, trainer.gradient_clip_algorithm or "norm"
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls the callbacks' on_before_optimizer_step first: they see the pre-clip gradient.
+        if self.hparams.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_val,
+                gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
+            )
+
+    def configure_optimizers(self):
+        # Parameters behind a parametrisation (the skew-symmetric A of an orthogonal W_h) get their own
+        # learning rate: expRNN trains them 10x slower than the rest.
+        param_orth = [p for n, p in self.named_parameters() if ".parametrizations." in n]
+        param_rest = [p for n, p in self.named_parameters() if ".parametrizations." not in n]
+        groups = [{"params": param_rest}] + ([{"params": param_orth}] if param_orth else [])
+        optimizer = self.optimizer(groups)
+        if param_orth:
+            optimizer.param_groups[1]["lr"] = optimizer.defaults["lr"] * self.hparams.orthogonal_lr_scale
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+
+
+def _detach(state: State) -> State:
+    """The state with its autograd history cut: values flow on, gradients stop here."""
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()

@@ -1,0 +1,244 @@
+"""Pronoun–verb agreement: after reading a clause, predict whether the verb takes the -s form.
+
+The subject pronoun sits ``distance`` tokens before the verb slot, with filler words and object
+pronouns in between. An object pronoun of the opposite number is an *attractor* ("he ... them ___"),
+as in Linzen et al. (2016). The number of every intervening pronoun is drawn independently of the
+subject: were attractors always opposite, "them" would give the answer away without any memory.
+Earlier clauses ("I work , he works ,") show the agreement rule in context.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from seqmem.errors import ConfigError, require
+from seqmem.tasks.spec import SyntheticBatches, TaskDataModule, TaskSpec, batch_loader
+
+PAD = "<pad>"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class AgreementLexicon:
+    """Token-id tables of a lexicon; id 0 is the padding token.
+
+    Args:
+        vocab: word of each token id.
+        subjects: (S,) ids of the subject pronouns.
+        subject_3sg: (S,) bool, the pronoun takes the 3rd-person-singular verb form.
+        verbs: (V, 2) ids of each verb's base form and 3sg form.
+        objects_sg: ids of the singular object pronouns.
+        objects_pl: ids of the plural object pronouns.
+        fillers: ids of the words that may stand between subject and verb.
+        comma: id of ",", which ends each context clause.
+    """
+
+    vocab: tuple[str, ...]
+    subjects: torch.Tensor
+    subject_3sg: torch.Tensor
+    verbs: torch.Tensor
+    objects_sg: torch.Tensor
+    objects_pl: torch.Tensor
+    fillers: torch.Tensor
+    comma: int
+
+
+def load_lexicon(path: Path) -> AgreementLexicon:
+    """Read a lexicon json (keys ``subjects``, ``verbs``, ``objects``, ``fillers``) into id tables."""
+    require(path.is_file(), f"data.lexicon must be an existing json file, got {str(path)!r}")
+    try:
+        raw = json.loads(path.read_text())
+        subjects, verbs, objects, fillers = raw["subjects"], raw["verbs"], raw["objects"], raw["fillers"]
+        words = [s["word"] for s in subjects] + [w for pair in verbs for w in pair]
+        words += [o["word"] for o in objects] + list(fillers) + [","]
+        vocab = tuple(dict.fromkeys([PAD] + words))  # dedupe, keep order: pad stays id 0
+        ids = {w: i for i, w in enumerate(vocab)}
+        lexicon = AgreementLexicon(
+            vocab=vocab,
+            subjects=torch.tensor([ids[s["word"]] for s in subjects]),
+            subject_3sg=torch.tensor([s["person"] == 3 and s["number"] == "sg" for s in subjects]),
+            verbs=torch.tensor([[ids[base], ids[third]] for base, third in verbs]),
+            objects_sg=torch.tensor([ids[o["word"]] for o in objects if o["number"] == "sg"]),
+            objects_pl=torch.tensor([ids[o["word"]] for o in objects if o["number"] == "pl"]),
+            fillers=torch.tensor([ids[w] for w in fillers]),
+            comma=ids[","],
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"data.lexicon {str(path)!r} is not a valid agreement lexicon: {err!r}") from None
+    require(
+        bool(lexicon.subject_3sg.any() and (~lexicon.subject_3sg).any())
+        and len(lexicon.objects_sg) > 0
+        and len(lexicon.objects_pl) > 0,
+        f"data.lexicon {str(path)!r} needs 3sg and non-3sg subjects and singular and plural objects",
+    )
+    return lexicon
+
+
+def bucket_names(max_len: int) -> tuple[str, ...]:
+    """Names of the distance buckets floor(log2(distance)) up to ``max_len``: d1, d2-3, d4-7, ..."""
+    return tuple("d1" if b == 0 else f"d{2**b}-{2 ** (b + 1) - 1}" for b in range(max_len.bit_length()))
+
+
+def _uniform_pick(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``table`` entries chosen uniformly by ``u`` ~ U[0, 1) (any shape)."""
+    return table[(u * len(table)).long()]
+
+
+def agreement_batch(
+    batch_size: int,
+    lexicon: AgreementLexicon,
+    min_len: int,
+    max_len: int,
+    distance: Optional[int],
+    attractor_prob: float,
+    generator: torch.Generator,
+) -> dict:
+    """One batch of pronoun–verb agreement sequences, left-padded with id 0 to ``max_len``.
+
+    Args:
+        batch_size: number of sequences B.
+        lexicon: token-id tables from :func:`load_lexicon`.
+        min_len: shortest sequence (tokens before the verb slot).
+        max_len: longest sequence; every row is left-padded to this length L.
+        distance: tokens from the subject to the verb slot (1: the subject is the last token);
+            ``None`` draws it uniformly in ``1..length`` per sequence.
+        attractor_prob: probability that each intervening token is an object pronoun (of either
+            number, so an attractor half of the time).
+        generator: source of randomness; the batch is a pure function of it.
+
+    Returns:
+        ``x``: (B, L) long token ids, ``y``: (B,) long (1: the verb takes the 3sg form),
+        ``bucket``: (B,) long floor(log2(distance)), indexing :func:`bucket_names`.
+    """
+    g, B, L = generator, batch_size, max_len
+    lengths = torch.randint(min_len, max_len + 1, (B,), generator=g)  # (B,)
+    if distance is None:
+        dist = (torch.rand(B, generator=g) * lengths).long() + 1  # (B,) uniform in 1..length
+    else:
+        dist = torch.full((B,), distance)  # (B,)
+
+    # Balanced classes first, then a pronoun uniform within the class.
+    y = (torch.rand(B, generator=g) < 0.5).long()  # (B,)
+    pick = torch.rand(B, generator=g)  # (B,)
+    subject_idx = torch.where(
+        y == 1,
+        _uniform_pick(lexicon.subject_3sg.nonzero().squeeze(1), pick),
+        _uniform_pick((~lexicon.subject_3sg).nonzero().squeeze(1), pick),
+    )  # (B,) index into the subject table
+    subject = lexicon.subjects[subject_idx]  # (B,)
+
+    # Intervening material: fillers, or object pronouns whose number is a fair coin independent of
+    # the subject — half of them are attractors, and none carries information about the label.
+    filler = _uniform_pick(lexicon.fillers, torch.rand(B, L, generator=g))  # (B, L)
+    u = torch.rand(B, L, generator=g)  # (B, L)
+    object_plural = torch.rand(B, L, generator=g) < 0.5  # (B, L)
+    pronoun_between = torch.where(
+        object_plural, _uniform_pick(lexicon.objects_pl, u), _uniform_pick(lexicon.objects_sg, u)
+    )  # (B, L)
+    is_pronoun = torch.rand(B, L, generator=g) < attractor_prob  # (B, L)
+    between = torch.where(is_pronoun, pronoun_between, filler)  # (B, L)
+
+    # Context clauses "PRON VERB ," read backwards from the subject: k = 0 is the comma before it.
+    back = torch.arange(L - 1, -1, -1)  # (L,) tokens from the end: 0 is the last position
+    k = (back[None, :] - dist[:, None]).clamp(min=0)  # (B, L)
+    clauses = L // 3 + 1
+    clause_subject = torch.randint(0, len(lexicon.subjects), (B, clauses), generator=g)  # (B, C)
+    clause_verb = torch.randint(0, len(lexicon.verbs), (B, clauses), generator=g)  # (B, C)
+    cs = clause_subject.gather(1, k // 3)  # (B, L)
+    cv = clause_verb.gather(1, k // 3)  # (B, L)
+    verb_form = lexicon.verbs[cv, lexicon.subject_3sg[cs].long()]  # (B, L) correctly agreeing
+    role = k % 3  # (B, L) 0 comma, 1 verb, 2 pronoun
+    pronoun = lexicon.subjects[cs]  # (B, L)
+    context = torch.where(role == 0, lexicon.comma, torch.where(role == 1, verb_form, pronoun))  # (B, L)
+
+    x = torch.where(back[None, :] < lengths[:, None], context, 0)  # (B, L) pad id 0 on the left
+    x = torch.where(back[None, :] == dist[:, None] - 1, subject[:, None], x)  # (B, L)
+    x = torch.where(back[None, :] < dist[:, None] - 1, between, x)  # (B, L)
+    bucket_of = torch.tensor([d.bit_length() - 1 for d in range(max_len + 1)])  # (L+1,)
+    return {"x": x, "y": y, "bucket": bucket_of[dist]}
+
+
+class AgreementData(TaskDataModule):
+    """Pronoun–verb agreement: classify whether the next verb takes the 3rd-person-singular form.
+
+    Args:
+        min_len: shortest sequence in tokens (the short regime is 6-12).
+        max_len: longest sequence in tokens; batches are left-padded to it.
+        distance: fixed subject-to-verb distance (1: subject is the last token); None draws it
+            uniformly per sequence. The stretched regime is min_len=max_len=50, distance=30.
+        attractor_prob: probability that each intervening token is an object pronoun (of either
+            number, so an attractor half of the time).
+        lexicon: lexicon json; a relative path not found from the working directory is resolved
+            against the repository root (default: the shipped data/agreement_lexicon.json).
+        batch_size: sequences per batch.
+        train_batches: batches per training epoch.
+        val_batches: batches per validation (and test) run.
+        seed: seed of the training stream; validation and test use disjoint streams derived from it.
+    """
+
+    def __init__(
+        self,
+        min_len: int = 6,
+        max_len: int = 12,
+        distance: Optional[int] = None,
+        attractor_prob: float = 0.3,
+        lexicon: str = "data/agreement_lexicon.json",
+        batch_size: int = 128,
+        train_batches: int = 1000,
+        val_batches: int = 10,
+        seed: int = 0,
+    ):
+        super().__init__()
+        require(min_len >= 2, f"data.min_len must be >= 2, got {min_len}")
+        require(max_len >= min_len, f"data.max_len must be >= data.min_len ({min_len}), got {max_len}")
+        if distance is not None:
+            require(distance >= 1, f"data.distance must be >= 1 or null, got {distance}")
+            require(
+                distance <= min_len,
+                f"data.distance ({distance}) is longer than the sequence: it must be <= data.min_len ({min_len})",
+            )
+        require(0 <= attractor_prob <= 1, f"data.attractor_prob must be in [0, 1], got {attractor_prob}")
+        require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
+        require(train_batches >= 1, f"data.train_batches must be >= 1, got {train_batches}")
+        require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
+        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
+        self.save_hyperparameters()
+        path = Path(lexicon).expanduser()
+        self.lexicon = load_lexicon(path if path.is_file() or path.is_absolute() else REPO_ROOT / path)
+
+    @property
+    def spec(self) -> TaskSpec:
+        names = bucket_names(self.hparams.max_len)
+        return TaskSpec(
+            name="agreement",
+            input_size=len(self.lexicon.vocab),
+            output_size=2,
+            loss="ce",
+            readout="last",
+            baseline=math.log(2),  # the classes are balanced
+            input_tokens=True,
+            accuracy_steps=1,
+            bucket_names=names,
+        )
+
+    def _loader(self, split: int, num_batches: int):
+        # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
+        hp = self.hparams
+        make = partial(
+            agreement_batch, hp.batch_size, self.lexicon, hp.min_len, hp.max_len, hp.distance, hp.attractor_prob
+        )
+        return batch_loader(SyntheticBatches(make, num_batches, 3 * hp.seed + split))
+
+    def train_dataloader(self):
+        return self._loader(0, self.hparams.train_batches)
+
+    def val_dataloader(self):
+        return self._loader(1, self.hparams.val_batches)
+
+    def test_dataloader(self):
+        return self._loader(2, self.hparams.val_batches)

@@ -1,0 +1,119 @@
+"""What a task tells the model, and the base class every task datamodule derives from.
+
+A task is a pure, seeded generator function plus a thin LightningDataModule. The datamodule
+exposes a :class:`TaskSpec` *without* ``setup()`` being called, so the CLI can link it into the
+model at instantiation (``parser.link_arguments("data", "model.task", apply_on="instantiate")``):
+sizes are never copied by hand.
+
+Batches are dicts:
+    x:      (B, T) long token ids when ``spec.input_tokens``, else (B, T, input_size) float
+    y:      readout "last": (B,) float (mse) or long (ce); readout "all": (B, T) long
+    bucket: (B,) long, optional — index into ``spec.bucket_names`` for per-bucket accuracy
+"""
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Sizes, loss and reporting of a task; linked from the datamodule into the model.
+
+    Args:
+        name: task name, used in metric names and logs.
+        input_size: channels of a continuous input, or the vocabulary size of a token input.
+        output_size: 1 for regression, else the number of classes.
+        loss: ``"mse"`` (regression) or ``"ce"`` (classification).
+        readout: ``"last"`` predicts from the final hidden state only; ``"all"`` at every step.
+        baseline: the loss of a chance-level (memoryless) predictor, logged beside ``val/loss``.
+        input_tokens: inputs are token ids that go through an embedding.
+        accuracy_steps: report ``val/acc`` over the last this-many target steps (0: no accuracy).
+        bucket_names: names of the buckets in ``batch["bucket"]``; ``val/acc_<name>`` per bucket.
+        perplexity: report ``val/ppl`` (and ``val/bpc`` when ``char_level``).
+        char_level: the tokens are characters (bits per character is meaningful).
+        stateful: consecutive batches continue the same streams, so the hidden state is carried.
+    """
+
+    name: str
+    input_size: int
+    output_size: int
+    loss: str
+    readout: str
+    baseline: float
+    input_tokens: bool = False
+    accuracy_steps: int = 0
+    bucket_names: tuple[str, ...] = ()
+    perplexity: bool = False
+    char_level: bool = False
+    stateful: bool = False
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Base class of every task: subclasses provide :attr:`spec` and their dataloaders."""
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task's sizes, loss and baseline — available right after ``__init__``."""
+        raise NotImplementedError
+
+
+class SyntheticBatches(Dataset):
+    """``num_batches`` whole batches from a pure generator, batch ``i`` seeded by ``(seed, i)``.
+
+    Random access by index keeps every batch reproducible whatever the worker count, sampler or
+    resume point: the data of step ``i`` never depends on what was drawn before it.
+    """
+
+    def __init__(self, make_batch: Callable[[torch.Generator], dict], num_batches: int, seed: int):
+        self.make_batch = make_batch
+        self.num_batches = num_batches
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, i: int) -> dict:
+        # A large odd multiplier keeps (seed, i) pairs from colliding for the seeds people use.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return self.make_batch(generator)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that can restart mid-epoch at the next unseen batch.
+
+    Lightning saves the ``state_dict`` of a training loader that has one in every checkpoint and
+    loads it on resume, so a run stopped at batch N of an epoch continues with batch N instead of
+    replaying the epoch from its start. Skipped batches are drawn and dropped (cheap next to a step).
+    Lightning fetches no batch ahead for loaders with a length, so "served" is "consumed".
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._served = 0  # batches handed out by the current pass
+        self._resume_at = 0
+
+    def __iter__(self):
+        start, self._resume_at = self._resume_at, 0
+        self._served = start
+        for batch in itertools.islice(super().__iter__(), start, None):
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"served": self._served}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # A checkpoint taken after the last batch of an epoch resumes at the start of the next one.
+        self._resume_at = state_dict["served"] % len(self)
+
+
+def batch_loader(dataset: Dataset) -> DataLoader:
+    """A resumable loader over a dataset whose items are already whole batches."""
+    # Its own generator: creating an iterator would otherwise draw from the global random state,
+    # shifting dropout's random stream by one draw per loader pass (and a resumed run's by one more).
+    return ResumableLoader(dataset, batch_size=None, shuffle=False, num_workers=0, generator=torch.Generator())

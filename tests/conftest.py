@@ -1,0 +1,45 @@
+"""Shared fixtures: offline data, a scratch working directory, and the real CLI run in-process."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Read by `datasets` / `huggingface_hub` at import time: set before any test module imports them, so
+# no test can reach the network (the lm tests load local files by path).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CONFIGS = REPO_ROOT / "seqmem" / "configs"
+
+# Keeps CLI runs short and quiet; every run still goes through the real parser, Trainer and logger.
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch working directory: default lightning_logs/ and relative paths land in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The offline data sets shared by the project (../shared/data next to the repository)."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shakespeare(shared_data: Path) -> Path:
+    """Tiny Shakespeare as a local text file; the lm tests skip without it rather than download."""
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        pytest.skip(f"Tiny Shakespeare not found at {path} (shared offline data sets)")
+    return path
+
+
+def fit_args(root: Path, *args: str) -> list[str]:
+    """Arguments of a quiet ``seqmem fit`` whose logs and checkpoints go under ``root``."""
+    return ["fit", "--trainer.default_root_dir", str(root), *QUIET, *args]

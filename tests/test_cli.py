@@ -1,0 +1,168 @@
+"""The real ``seqmem`` CLI, in-process: every cell × task trains, shipped configs parse, bad input fails cleanly."""
+
+import inspect
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import CONFIGS, REPO_ROOT, fit_args
+
+from seqmem.cli import main, run_cli
+from seqmem.models import MODELS, OrthogonalRNN
+from seqmem.module import SequenceModel
+
+CELLS = ["vanilla", "orthogonal", "irnn", "gru", "lstm"]
+TASKS = ["adding", "copy", "agreement", "lm"]
+TINY = ["--model.hidden_size", "8", "--model.embedding_size", "4", "--model.num_layers", "1", "--model.dropout", "0"]
+# Options whose values in the shipped configs are too big for a smoke run.
+TASK_ARGS = {
+    "adding": ["--data.seq_len", "6", "--data.batch_size", "4", "--data.train_batches", "2", "--data.val_batches", "1"],
+    "copy": ["--data.seq_len", "3", "--data.batch_size", "4", "--data.train_batches", "2", "--data.val_batches", "1"],
+    "agreement": [
+        "--data.min_len", "6", "--data.max_len", "8", "--data.distance", "4", "--data.batch_size", "4",
+        "--data.train_batches", "2", "--data.val_batches", "1",
+    ],
+    "lm": ["--data.seq_len", "8", "--data.batch_size", "4"],
+}  # fmt: skip
+
+
+def test_every_cell_is_a_cli_choice():
+    assert set(CELLS) == set(MODELS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, shakespeare):
+    extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(workdir / "cache")] if task == "lm" else []
+    cli = run_cli(
+        fit_args(
+            workdir, "--config", str(CONFIGS / f"{task}.yaml"), "--model.cell", cell, *TINY, *TASK_ARGS[task], *extra,
+            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
+        )
+    )  # fmt: skip
+    assert cli.trainer.global_step == 2
+    assert type(cli.model.net) is MODELS[cell]
+    assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+    assert math.isfinite(cli.trainer.callback_metrics["val/loss"].item())
+    # The default logger wrote TensorBoard events under the chosen root, not the working directory's parent.
+    assert list((workdir / "lightning_logs").glob("version_0/events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_config_parses_and_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    shipped = yaml.safe_load(config.read_text())
+    # The printed config is the shipped one completed with defaults: every shipped value survives.
+    assert printed["data"]["class_path"] == shipped["data"]["class_path"]
+    for section in ("trainer", "model"):
+        for key, value in shipped[section].items():
+            if key != "optimizer":
+                assert printed[section][key] == value, f"{section}.{key}"
+    assert printed["data"]["init_args"].items() >= shipped["data"]["init_args"].items()
+    assert printed["model"]["optimizer"]["init_args"].items() >= shipped["model"]["optimizer"]["init_args"].items()
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_config_instantiates(config, workdir, shakespeare):
+    extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(workdir / "cache")] if config.stem == "lm" else []
+    cli = run_cli(["--config", str(config), "--trainer.default_root_dir", str(workdir), *extra], run=False)
+    spec = cli.datamodule.spec
+    # The link carries the task into the model: sizes are never copied by hand.
+    assert cli.model.task == spec
+    assert cli.model.head.out_features == spec.output_size
+    assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
+
+
+def test_readme_overrides_apply(workdir):
+    cli = run_cli(
+        ["--config", str(CONFIGS / "copy.yaml"), "--model.cell", "orthogonal", "--data.seq_len", "200"], run=False
+    )
+    assert isinstance(cli.model.net, OrthogonalRNN)
+    assert cli.datamodule.hparams.seq_len == 200
+    assert cli.model.task.baseline == pytest.approx(10 * math.log(8) / 220)  # copy's memoryless baseline
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch["x"].shape == (128, 220)
+
+
+def test_optimizer_from_config_gives_orthogonal_group_its_scale(workdir):
+    cli = run_cli(["--config", str(CONFIGS / "copy.yaml")], run=False)
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 2e-5])
+
+
+BAD_INPUT = {
+    "unknown cell": (["--config", "copy", "--model.cell", "transformer"], "model.cell"),
+    "unknown task": (["--config", "copy", "--data", "seqmem.tasks.SortingData"], "data"),
+    "seq_len < 1": (["--config", "copy", "--data.seq_len", "0"], "data.seq_len"),
+    "hidden_size < 1": (["--config", "copy", "--model.hidden_size", "0"], "model.hidden_size"),
+    "option of another cell": (["--config", "copy", "--model.cell", "gru", "--model.forget_bias", "1"], "model.forget_bias"),
+    "missing corpus": (["--config", "lm", "--data.path", "{tmp}/missing.txt"], "data.path"),
+    "empty corpus": (["--config", "lm", "--data.path", "{tmp}/empty.txt"], "data.path"),
+    "distance > length": (["--config", "agreement", "--data.distance", "51"], "data.distance"),
+}  # fmt: skip
+
+
+def bad_args(args: list[str], tmp: Path) -> list[str]:
+    config = CONFIGS / f"{args[1]}.yaml"
+    return [str(config) if i == 1 else a.format(tmp=tmp) for i, a in enumerate(args)]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_naming_the_option(case, workdir, capsys):
+    args, option = BAD_INPUT[case]
+    (workdir / "empty.txt").write_text("")
+    logs = workdir / "lightning_logs"
+    logs.mkdir()
+    kept = logs / "notes.txt"
+    kept.write_text("earlier results")
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(workdir, *bad_args(args, workdir)))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("seqmem: error:") and option in lines[0]
+    assert kept.read_text() == "earlier results"
+    assert sorted(p.name for p in workdir.rglob("*") if p.name not in {"empty.txt"}) == ["lightning_logs", "notes.txt"]
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path):
+    # A separate interpreter: what a user at a shell sees, exit status and stderr included.
+    result = subprocess.run(
+        [sys.executable, "-m", "seqmem.cli", "fit", "--config", str(CONFIGS / "adding.yaml"), "--data.seq_len", "0"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "seqmem: error: data.seq_len must be >= 2" in result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def documented_args(cls: type) -> dict[str, str]:
+    """Google-style ``Args:`` entries of a class docstring: name -> its text on one line."""
+    section = inspect.getdoc(cls).split("Args:")[1]
+    entries = re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", section, re.M | re.S)
+    return {name: " ".join(text.split()) for name, text in entries}
+
+
+def test_fit_help_shows_every_model_argument_with_its_doc(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    docs = documented_args(SequenceModel)
+    parameters = set(inspect.signature(SequenceModel.__init__).parameters) - {"self"}
+    assert set(docs) == parameters  # every constructor argument is documented
+    # task is linked from --data, so it is not a user option and has no help entry of its own.
+    for name in parameters - {"task"}:
+        assert f"--model.{name}" in help_text
+        # argparse re-wraps help lines; compare the first words, whitespace-normalised.
+        assert " ".join(docs[name].split()[:6]) in help_text, name

@@ -1,0 +1,107 @@
+"""Exact resume: a run stopped at step N and resumed with `--ckpt_path last` equals an uninterrupted run,
+and its checkpoints load in a fresh process (`seqmem validate --ckpt_path`, load_from_checkpoint)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmem.cli import run_cli
+from conftest import CONFIGS, REPO_ROOT, fit_args
+
+COPY = [
+    "--config", str(CONFIGS / "copy.yaml"), "--model.hidden_size", "12",
+    "--data.seq_len", "6", "--data.batch_size", "8", "--data.train_batches", "6", "--data.val_batches", "2",
+    "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "2",
+]  # fmt: skip
+
+
+def lm_args(text: Path, cache: Path) -> list[str]:
+    """lm with 2 dropout layers and truncated BPTT: the carried state and the random state matter."""
+    return [
+        "--config", str(CONFIGS / "lm.yaml"), "--data.path", str(text), "--data.cache_dir", str(cache),
+        "--data.seq_len", "10", "--data.batch_size", "3", "--model.hidden_size", "12", "--model.embedding_size", "8",
+        "--model.tbptt_steps", "4", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",
+        "--trainer.log_every_n_steps", "2", "--trainer.max_epochs", "-1",
+    ]  # fmt: skip
+
+
+def fit(root: Path, args: list[str], max_steps: int, every: int, extra: tuple[str, ...] = ()):
+    """`seqmem fit` in-process, checkpointing every ``every`` steps; returns the model and trainer."""
+    cli = run_cli(fit_args(root, *args, "--trainer.max_steps", str(max_steps),
+                           "--checkpoint.every_n_train_steps", str(every), *extra))  # fmt: skip
+    return cli.model, cli.trainer
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def lm_text(tmp_path: Path) -> Path:
+    path = tmp_path / "text.txt"
+    generator = torch.Generator().manual_seed(0)
+    path.write_text("".join(chr(97 + int(i)) for i in torch.randint(0, 6, (3000,), generator=generator)))
+    return path
+
+
+@pytest.mark.parametrize("cell", ["orthogonal", "gru"])
+def test_resume_mid_epoch_equals_an_uninterrupted_run_synthetic(workdir, cell):
+    """Stopped at step 4 of a 6-batch epoch: the resumed run must continue the data stream at batch 4
+    (then wrap into the next epoch), with the same optimizer state and orthogonal base."""
+    args = [*COPY, "--model.cell", cell]
+    whole, whole_trainer = fit(workdir / "whole", args, max_steps=8, every=2)
+    fit(workdir / "parts", args, max_steps=4, every=2)
+    resumed, trainer = fit(workdir / "parts", args, max_steps=8, every=2, extra=("--ckpt_path", "last"))
+    assert trainer.global_step == 8 and trainer.current_epoch == whole_trainer.current_epoch
+    assert_same_weights(resumed, whole)
+    if cell == "orthogonal":
+        assert "net.recurrent.0.parametrizations.weight.0.base" in resumed.state_dict()
+
+
+def test_resume_equals_an_uninterrupted_run_lm_with_carried_state(workdir):
+    """lm under truncated BPTT (3 chunk updates per window) with dropout: the carried state, the
+    stream position and the random state all come back from the checkpoint."""
+    args = lm_args(lm_text(workdir), workdir / "cache")
+    whole, _ = fit(workdir / "whole", args, max_steps=12, every=3)
+    fit(workdir / "parts", args, max_steps=6, every=3)
+    checkpoint = torch.load(
+        workdir / "parts" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    h, c = checkpoint["carried_train_state"]  # the config's 2-layer LSTM carries (h, c)
+    assert h.shape == c.shape == (1, 2, 3, 12)  # (world size, layers, B, H)
+    resumed, trainer = fit(workdir / "parts", args, max_steps=12, every=3, extra=("--ckpt_path", "last"))
+    assert trainer.global_step == 12
+    assert_same_weights(resumed, whole)
+    for got, want in zip(resumed.carried["train"], whole.carried["train"]):
+        assert torch.equal(got, want)
+
+
+def test_checkpoint_loads_in_a_fresh_process(workdir):
+    model, _ = fit(workdir / "run", [*COPY, "--model.cell", "orthogonal"], max_steps=3, every=3)
+    ckpt = workdir / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    x = torch.randint(0, model.task.input_size, (2, 26))  # (B, T) copy inputs
+    torch.save(x, workdir / "x.pt")
+    expected_val = run_cli(["validate", *COPY, "--trainer.default_root_dir", str(workdir / "val"), "--ckpt_path", str(ckpt)])
+    script = f"""
+import json, torch
+from seqmem.cli import run_cli
+from seqmem.module import SequenceModel
+cli = run_cli(["validate", *{[*COPY, "--trainer.enable_progress_bar", "false"]!r},
+               "--trainer.default_root_dir", {str(workdir / "fresh")!r}, "--ckpt_path", {str(ckpt)!r}])
+model = SequenceModel.load_from_checkpoint({str(ckpt)!r}).eval()
+pred, _ = model(torch.load({str(workdir / "x.pt")!r}))
+print(json.dumps({{"val": {{k: float(v) for k, v in cli.trainer.callback_metrics.items()}}, "pred": pred.tolist()}}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["val"]["val/loss"] == pytest.approx(float(expected_val.trainer.callback_metrics["val/loss"]), rel=1e-6)
+    torch.testing.assert_close(torch.tensor(fresh["pred"]), model.eval()(x)[0])
