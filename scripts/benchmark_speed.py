@@ -6,7 +6,7 @@ Lightning add on top of torch's fused kernels. A step is timed as the gap betwee
 consecutive batches — data, forward, backward, optimizer and every hook included — and summarised by
 its median after a warm-up; the table shows the median over repeats, seqmem and baseline alternating.
 
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py [--steps 40] [--repeats 3]
+    PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py [--steps 40] [--repeats 3] [--threads 1]
 
 Writes scripts/out/benchmark_speed.md.
 """
@@ -38,14 +38,22 @@ CELLS = {
 }
 
 
-class StepTimer(L.Callback):
-    """Wall clock at the start of every training batch; consecutive gaps are whole training steps."""
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
-    def __init__(self):
+
+class StepTimer(L.Callback):
+    """Clock reading at the start of every training batch; consecutive gaps are whole training steps.
+
+    Args:
+        clock: a function returning seconds (process CPU time or wall time).
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
         self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(self.clock())
 
 
 def median_step_ms(starts: list[float], warmup: int) -> float:
@@ -60,7 +68,7 @@ def time_seqmem(cell: str, data: CopyData, args: argparse.Namespace) -> float:
         data.spec, cell=cell, hidden_size=args.hidden, embedding_size=args.embedding,
         optimizer=partial(torch.optim.Adam, lr=1e-3),
     )  # fmt: skip
-    timer = StepTimer()
+    timer = StepTimer(CLOCKS[args.clock])
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps + 1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -80,11 +88,11 @@ def time_baseline(cell: str, data: CopyData, args: argparse.Namespace) -> float:
     head = nn.Linear(args.hidden, spec.output_size)
     params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    starts = []
+    clock, starts = CLOCKS[args.clock], []
     for step, batch in enumerate(data.train_dataloader()):
         if step > args.warmup + args.steps:
             break
-        starts.append(time.perf_counter())
+        starts.append(clock())
         outputs, _ = rnn(embed(batch["x"]))  # (B, T, H)
         logits = head(outputs)  # (B, T, C)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1))
@@ -111,7 +119,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    # One thread by default: on a shared or oversubscribed CPU, OpenMP threads spin-waiting for a
+    # descheduled sibling turn 40 ms steps into seconds, and the timings become noise.
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    # CPU time of the process is what a step costs; unlike wall time it does not count the time this
+    # process waits for a core other jobs hold, so it stays comparable on a busy machine.
+    parser.add_argument("--clock", choices=list(CLOCKS), default="cpu", help="cpu: process CPU time; wall: elapsed")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
     data = CopyData(seq_len=args.seq_len, batch_size=args.batch, train_batches=args.warmup + args.steps + 2)
     print(f"machine: {machine()}", flush=True)
@@ -134,9 +149,10 @@ def main() -> None:
         "",
         f"- machine: {machine()}",
         f"- shapes: {shape}",
-        f"- median of {args.repeats} repeats, each the median of {args.steps} steps after {args.warmup} warm-up steps",
+        f"- clock: {args.clock} time; median of {args.repeats} repeats, each the median of {args.steps} steps after {args.warmup} warm-up steps",
         "- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py "
-        f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} --steps {args.steps} --repeats {args.repeats}`",
+        f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} --steps {args.steps} --repeats {args.repeats} "
+        f"--threads {args.threads} --clock {args.clock}`",
         "",
         "| cell | baseline | seqmem ms/step | baseline ms/step | ratio | target | pass |",
         "|---|---|---:|---:|---:|---:|---|",

@@ -6,7 +6,7 @@ short training (same probe batch, same seed for every cell). Normalising by the 
 every cell on one scale; the dotted line is the gradient-horizon threshold 1e-3 and the dashed one
 the subject's position, whose gradient decides the task.
 
-    PYTHONPATH=. .venv/bin/python scripts/gradient_flow.py --steps 300
+    PYTHONPATH=. .venv/bin/python scripts/gradient_flow.py --steps 200
 
 Writes a two-panel PNG (--out, default scripts/out/gradient_flow.png) and logs the figure to
 TensorBoard under lightning_logs/gradient_flow.
@@ -50,7 +50,7 @@ def accuracy(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT / "gradient_flow.png", help="PNG to write")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per cell")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per cell")
     parser.add_argument("--hidden", type=int, default=64, help="hidden units")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (the shipped agreement config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every cell's init and data")

@@ -29,13 +29,19 @@ class SeqmemCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
 
     def before_fit(self) -> None:
-        # The model owns clipping (Lightning refuses Trainer clipping under truncated BPTT); a Trainer
-        # value as well would clip twice.
-        require(
-            not self.trainer.gradient_clip_val,
-            "trainer.gradient_clip_val is not used by seqmem: set model.gradient_clip_val (and "
-            "model.gradient_clip_algorithm), which works with and without model.tbptt_steps",
-        )
+        # Trainer clipping is Lightning's and runs after the callbacks' on_before_optimizer_step, as the
+        # model's own clipping does. Lightning refuses it under manual optimisation (truncated BPTT),
+        # and two clippers would clip twice: say so in one line instead of a traceback.
+        if self.trainer.gradient_clip_val:
+            require(
+                self.model.hparams.tbptt_steps is None,
+                "trainer.gradient_clip_val does not work with model.tbptt_steps (Lightning cannot clip "
+                "under manual optimisation): set model.gradient_clip_val instead",
+            )
+            require(
+                self.model.hparams.gradient_clip_val is None,
+                "set trainer.gradient_clip_val or model.gradient_clip_val, not both (each would clip)",
+            )
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self.config_init[self.subcommand]["ckpt_path"] = self._last_checkpoint()
 

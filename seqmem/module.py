@@ -51,10 +51,10 @@ class SequenceModel(L.LightningModule):
             the loss of each chunk on its own targets; readout "last" tasks (adding, agreement) have a loss
             only at the final step, so the steps before the last ``tbptt_steps`` only advance the state
             (no gradient) and each batch makes one update. None: full BPTT, one update per batch.
-        gradient_clip_val: clip the gradient of every update at this value (None: no clipping). Owned
-            by the model rather than the Trainer because Lightning refuses Trainer clipping under manual
-            optimisation (truncated BPTT); this one option works in both modes. Clipping runs after
-            every callback's ``on_before_optimizer_step``, so diagnostics see the pre-clip gradient.
+        gradient_clip_val: clip the gradient of every update at this value (None: no clipping). With full
+            BPTT ``trainer.gradient_clip_val`` does the same; with ``tbptt_steps`` only this option
+            works, because Lightning refuses Trainer clipping under manual optimisation. Clipping runs
+            after every callback's ``on_before_optimizer_step``, so diagnostics see the pre-clip gradient.
         gradient_clip_algorithm: "norm" (rescale the total 2-norm) or "value" (clamp each entry).
         optimizer: optimizer class and arguments, e.g. ``--model.optimizer RMSprop --model.optimizer.lr 1e-3``.
         lr_scheduler: optional learning-rate scheduler class and arguments.

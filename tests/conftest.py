@@ -40,6 +40,12 @@ def shakespeare(shared_data: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def lm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `datasets` cache for every lm run of the session: the corpus is converted once, not per test."""
+    return tmp_path_factory.mktemp("lm_cache")
+
+
 def fit_args(root: Path, *args: str) -> list[str]:
     """Arguments of a quiet ``seqmem fit`` whose logs and checkpoints go under ``root``."""
     return ["fit", "--trainer.default_root_dir", str(root), *QUIET, *args]

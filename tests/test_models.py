@@ -119,6 +119,29 @@ def test_orthogonal_step_path_equals_nn_rnn_with_its_matrices():
     torch.testing.assert_close(final, ref_final, atol=1e-5, rtol=1e-5)
 
 
+def test_orthogonal_modrelu_equals_a_hand_written_recurrence():
+    # modReLU has no fused kernel (forward runs the step path), so check it against the formula itself:
+    # h_t = sign(z) · relu(|z| + b), z = W_in x_t + b_in + W_h h_{t-1}, layer by layer.
+    net = make_net("orthogonal", {"activation": "modrelu"})
+    randomise(net)
+    x = torch.randn(B, T, I)  # (B, T, I)
+    state = random_state(net)
+    out, final = net(x, state)
+    layer_input = x
+    with torch.no_grad():
+        for layer in range(LAYERS):
+            w_in, b_in = net.weight_ih[layer], net.bias[layer]
+            w_h, b_mod = net.recurrent[layer].weight, net.modrelu_bias[layer]
+            h, hs = state[layer], []
+            for t in range(T):
+                z = layer_input[:, t] @ w_in.T + b_in + h @ w_h.T  # (B, H)
+                h = torch.sign(z) * torch.clamp(z.abs() + b_mod, min=0)
+                hs.append(h)
+            layer_input = torch.stack(hs, dim=1)  # (B, T, H)
+            torch.testing.assert_close(final[layer], h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, layer_input, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("path", ["forward", "forward_steps"])
 def test_orthogonal_matrix_is_computed_once_per_forward_not_per_step(path):
     net = make_net("orthogonal", {})

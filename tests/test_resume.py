@@ -26,6 +26,7 @@ def lm_args(text: Path, cache: Path) -> list[str]:
         "--config", str(CONFIGS / "lm.yaml"), "--data.path", str(text), "--data.cache_dir", str(cache),
         "--data.seq_len", "10", "--data.batch_size", "3", "--model.hidden_size", "12", "--model.embedding_size", "8",
         "--model.tbptt_steps", "4", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",
+        "--trainer.gradient_clip_val", "null", "--model.gradient_clip_val", "0.25",
         "--trainer.log_every_n_steps", "2", "--trainer.max_epochs", "-1",
     ]  # fmt: skip
 

@@ -11,6 +11,7 @@ from seqmem.callbacks.base import Diagnostic, ProbeDiagnostic, gradient_horizon
 from seqmem.callbacks.clipping import ClippingEvents
 from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
+from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
 from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
 
@@ -19,6 +20,8 @@ __all__ = [
     "Diagnostic",
     "GradientNorms",
     "InputSensitivity",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
     "TimestepGradients",

@@ -129,8 +129,9 @@ class ProbeDiagnostic(Diagnostic):
     """A diagnostic that runs extra forward/backward passes on a fixed probe batch every N steps.
 
     The probe batch is the first ``probe_batch_size`` rows of the first training batch this rank
-    sees, kept for the whole run so that successive probes differ only by the weights. Probes are
-    rank-local: they run on global rank 0 only and are not reduced across ranks.
+    sees, kept for the whole run so that successive probes differ only by the weights; each probe
+    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation). Probes
+    are rank-local: they run on global rank 0 only and are not reduced across ranks.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...

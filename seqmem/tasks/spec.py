@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning rebuilds dataclasses in hparams when it writes hparams.yaml
 class TaskSpec:
     """Sizes, loss and reporting of a task; linked from the datamodule into the model.
 
