@@ -8,8 +8,10 @@
    per cell; the forward-sensitivity probe alongside. Target: ≤ 3×.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --steps 200 --repeats 3
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --skip-fit --cpu-time
 
-Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md.
+Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md (probe-only runs:
+scripts/out/benchmark_diagnostics_probes.md).
 """
 
 import argparse
@@ -67,17 +69,17 @@ def timed_fit(config: str, steps: int, diagnostics: bool) -> float:
     return watch.seconds
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, clock=time.perf_counter) -> float:
     fn()  # warm-up: allocator, oneDNN primitive caches
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def probe_costs(config: str, cell: str, repeats: int) -> tuple[float, float, float]:
+def probe_costs(config: str, cell: str, repeats: int, clock) -> tuple[float, float, float]:
     """Median seconds of one training step, one per-timestep probe and one sensitivity probe."""
     cli = build(config, 1, ["--model.cell", cell])
     model, data = cli.model, cli.datamodule
@@ -100,7 +102,7 @@ def probe_costs(config: str, cell: str, repeats: int) -> tuple[float, float, flo
         with probe_mode(model):
             input_sensitivity(model, x, projections=2).tolist()
 
-    return median_time(train_step, repeats), median_time(grad_probe, repeats), median_time(sensitivity_probe, repeats)
+    return tuple(median_time(fn, repeats, clock) for fn in (train_step, grad_probe, sensitivity_probe))
 
 
 def main() -> None:
@@ -109,44 +111,56 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per fit")
     parser.add_argument("--repeats", type=int, default=3, help="on/off pairs of fits")
     parser.add_argument("--probe-repeats", type=int, default=10, help="timings per probe measurement")
+    parser.add_argument("--skip-fit", action="store_true", help="only the probe table, no overhead fits")
+    parser.add_argument(
+        "--cpu-time", action="store_true",
+        help="time probes in process CPU time (unaffected by other load on the machine; use with 1 thread)",
+    )  # fmt: skip
     args = parser.parse_args()
     # The CLI is driven with explicit args while this script has its own argv; that is intended here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
-    on, off = [], []
-    timed_fit(args.config, 20, True)  # warm-up fit: imports, first-use kernel setup
-    for repeat in range(args.repeats):
-        on.append(timed_fit(args.config, args.steps, True))
-        off.append(timed_fit(args.config, args.steps, False))
-        print(f"[fit {repeat + 1}/{args.repeats}] diagnostics on {on[-1]:.2f}s, off {off[-1]:.2f}s", flush=True)
-    on_s, off_s = statistics.median(on), statistics.median(off)
-
-    lines = [
-        f"## Diagnostics overhead ({args.config}.yaml, {args.steps} steps, median of {args.repeats}, "
-        f"{torch.get_num_threads()} CPU threads)",
-        "",
-        "| run | seconds | ratio to off |",
-        "|---|---|---|",
-        f"| diagnostics off | {off_s:.2f} | 1.000 |",
-        f"| diagnostics on (shipped intervals) | {on_s:.2f} | {on_s / off_s:.3f} |",
-        "",
+    # CPU time of a multi-threaded process sums its threads, so it only stands for wall time with 1.
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    lines = []
+    if not args.skip_fit:
+        on, off = [], []
+        timed_fit(args.config, 20, True)  # warm-up fit: imports, first-use kernel setup
+        for repeat in range(args.repeats):
+            on.append(timed_fit(args.config, args.steps, True))
+            off.append(timed_fit(args.config, args.steps, False))
+            print(f"[fit {repeat + 1}/{args.repeats}] diagnostics on {on[-1]:.2f}s, off {off[-1]:.2f}s", flush=True)
+        on_s, off_s = statistics.median(on), statistics.median(off)
+        lines += [
+            f"## Diagnostics overhead ({args.config}.yaml, {args.steps} steps, median of {args.repeats}, "
+            f"{torch.get_num_threads()} CPU threads)",
+            "",
+            "| run | seconds | ratio to off |",
+            "|---|---|---|",
+            f"| diagnostics off | {off_s:.2f} | 1.000 |",
+            f"| diagnostics on (shipped intervals) | {on_s:.2f} | {on_s / off_s:.3f} |",
+            "",
+        ]
+    lines += [
         f"## One probe vs one training step on the same batch ({args.config}.yaml batch, median of "
-        f"{args.probe_repeats})",
+        f"{args.probe_repeats}, {torch.get_num_threads()} CPU threads, {'CPU' if args.cpu_time else 'wall'} time)",
         "",
         "| cell | train step ms | grad_time probe ms | ratio | sensitivity probe (2 projections) ms | ratio |",
         "|---|---|---|---|---|---|",
     ]
     for cell in MODELS:
-        step, probe, sens = probe_costs(args.config, cell, args.probe_repeats)
+        step, probe, sens = probe_costs(args.config, cell, args.probe_repeats, clock)
         print(f"[probe] {cell}: step {1e3 * step:.1f} ms, probe {1e3 * probe:.1f} ms", flush=True)
         lines.append(
             f"| {cell} | {1e3 * step:.1f} | {1e3 * probe:.1f} | {probe / step:.2f} | {1e3 * sens:.1f} | {sens / step:.2f} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)
+    # A probe-only run must not overwrite the full report.
+    path = OUT / ("benchmark_diagnostics_probes.md" if args.skip_fit else "benchmark_diagnostics.md")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "benchmark_diagnostics.md").write_text(table)
-    print(f"wrote {OUT / 'benchmark_diagnostics.md'}")
+    path.write_text(table)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -120,13 +120,14 @@ class SequenceModel(L.LightningModule):
         outputs, state = self.net(self.embed(x), state)  # (B, T, H)
         return self.readout(outputs), state
 
-    def forward_steps(self, x: Tensor, h_offsets: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Step-by-step twin of :meth:`forward` for diagnostics: predictions and hiddens (L, B, T, H).
+    def forward_steps(self, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
+        """Step-by-step twin of :meth:`forward` for diagnostics: predictions and ``hiddens[l][t]``.
 
-        ``h_offsets`` (L, B, T, H) zeros requiring grad make ``autograd.grad(loss, h_offsets)`` the
-        full dL/dh_t of every layer and step (see RecurrentNet.forward_steps).
+        ``hiddens[l][t]`` is layer l's h_t (B, H) as the graph consumed it, so ``autograd.grad`` of a
+        loss with respect to those tensors is the full dL/dh_t of every layer and step (see
+        RecurrentNet.forward_steps).
         """
-        outputs, _, hiddens = self.net.forward_steps(self.embed(x), None, h_offsets)
+        outputs, _, hiddens = self.net.forward_steps(self.embed(x))
         return self.readout(outputs), hiddens
 
     def readout(self, outputs: Tensor) -> Tensor:

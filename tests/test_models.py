@@ -71,6 +71,7 @@ def test_step_path_hiddens_are_every_layers_outputs():
     randomise(net)
     x = torch.randn(B, T, I)  # (B, T, I)
     out, _, hiddens = net.forward_steps(x)
+    hiddens = torch.stack([torch.stack(hs, dim=1) for hs in hiddens])  # (L, B, T, H)
     assert hiddens.shape == (LAYERS, B, T, H)
     torch.testing.assert_close(hiddens[-1], out)
     bottom = nn.GRU(I, H, 1, batch_first=True)

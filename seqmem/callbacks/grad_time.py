@@ -2,9 +2,10 @@
 
 dL/dh_k = dL/dh_T · Π_{t=k+1..T} J_t: its norm shrinks or grows geometrically with the lag T − k.
 A fused kernel never exposes it (the gradient on ``output[t]`` is only the readout's share), so the
-probe runs the model's step-by-step path with zero offsets added to every h_t and takes *one*
-``torch.autograd.grad`` with respect to the offsets: the full dL/dh_t of every layer and step, with
-the training gradients in ``.grad`` left untouched (no ``.backward()``).
+probe runs the model's step-by-step path and takes *one* ``torch.autograd.grad`` with respect to
+every h_t tensor it produced (non-leaf tensors: autograd returns the total derivative, recurrence
+included): the full dL/dh_t of every layer and step, with the training gradients in ``.grad`` left
+untouched (no ``.backward()``, and no parameter among the inputs, so no weight gradient is computed).
 """
 
 from typing import Literal
@@ -44,12 +45,11 @@ def timestep_grad_norms(pl_module: "L.LightningModule", x: Tensor, y: Tensor, lo
     Returns:
         (L, T) norms.
     """
-    net = pl_module.net
-    shape = (net.num_layers, x.shape[0], x.shape[1], net.hidden_size)
-    offsets = torch.zeros(shape, device=pl_module.device, dtype=pl_module.dtype, requires_grad=True)  # (L, B, T, H)
-    pred, _ = pl_module.forward_steps(x, offsets)
-    (grad,) = torch.autograd.grad(probe_loss(pl_module, pred, y, loss), offsets)  # (L, B, T, H)
-    return grad.square().sum(dim=(1, 3)).sqrt()  # (L, T)
+    pred, hiddens = pl_module.forward_steps(x)
+    steps = [h for layer in hiddens for h in layer]  # L*T tensors (B, H), layer-major
+    grads = torch.autograd.grad(probe_loss(pl_module, pred, y, loss), steps)  # L*T × (B, H)
+    # One batched kernel for all L*T norms rather than L*T separate reductions.
+    return torch.stack(torch._foreach_norm(grads)).view(len(hiddens), -1)  # (L, T)
 
 
 class TimestepGradients(ProbeDiagnostic):

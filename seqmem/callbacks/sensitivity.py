@@ -34,8 +34,8 @@ def input_sensitivity(pl_module: "L.LightningModule", x: Tensor, projections: in
     """
     embedded = pl_module.embed(x).detach()  # (B, T, E)
     embedded = embedded.repeat(projections, 1, 1).requires_grad_()  # (P*B, T, E)
-    _, _, hiddens = pl_module.net.forward_steps(embedded)  # (L, P*B, T, H)
-    h_final = hiddens[-1, :, -1]  # (P*B, H)
+    _, _, hiddens = pl_module.net.forward_steps(embedded)
+    h_final = hiddens[-1][-1]  # (P*B, H): last layer, last step
     generator = torch.Generator(device=h_final.device).manual_seed(seed)
     v = torch.randn(h_final.shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P*B, H)
     (vjp,) = torch.autograd.grad(h_final, embedded, grad_outputs=v)  # (P*B, T, E) rows vᵀ ∂h_T/∂x_ℓ

@@ -6,8 +6,9 @@ Two paths, one set of parameters:
   so cuDNN / oneDNN do the work). A fused kernel hides dL/dh_t: the gradient reaching ``output[t]``
   is only the readout's share, not what flows back through the recurrence.
 * ``forward_steps`` — the same function computed cell by cell in Python. It returns every layer's
-  h_t, and accepts zero ``h_offsets`` added to each h_t, so one ``torch.autograd.grad`` call on the
-  offsets yields the *full* dL/dh_t for every layer and step at once (the diagnostics need this).
+  h_t as the very tensor the rest of the graph consumed, so one ``torch.autograd.grad`` call with
+  respect to those (non-leaf) tensors yields the *full* dL/dh_t — readout and recurrence — for every
+  layer and step at once (the diagnostics need this).
 
 A test keeps the two paths equal for every cell.
 """
@@ -63,11 +64,16 @@ class RecurrentNet(nn.Module):
         raise NotImplementedError
 
     def project_input(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """W_in x_t + b_in for all t in one matmul: (B, T, I) -> (B, T, gates * H)."""
-        return F.linear(x, weights[0], weights[2])
+        """W_in x_t + b_in + b_h for all t in one matmul: (B, T, I) -> (B, T, gates * H).
+
+        b_h joins b_in here, once, rather than being added at every step: in every cell but the GRU
+        (which overrides this) it sits outside any product with h, so :meth:`step` is then a single
+        ``addmm`` of x_proj and W_h h_{t-1} followed by the nonlinearity.
+        """
+        return F.linear(x, weights[0], weights[2] + weights[3])
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """One time step of one layer: projected input (B, gates*H), state -> new state."""
+        """One time step of one layer: projected input (B, gates*H) from :meth:`project_input`, state -> new state."""
         raise NotImplementedError
 
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
@@ -75,22 +81,20 @@ class RecurrentNet(nn.Module):
         raise NotImplementedError
 
     # ---- shared machinery ---------------------------------------------------------------------
-    def forward_steps(
-        self, x: Tensor, state: Optional[State] = None, h_offsets: Optional[Tensor] = None
-    ) -> tuple[Tensor, State, Tensor]:
+    def forward_steps(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State, list[list[Tensor]]]:
         """Step-by-step forward over the same parameters as :meth:`forward`.
 
         Args:
             x: (B, T, input_size) inputs.
             state: initial state in torch's format, zeros when None.
-            h_offsets: optional (num_layers, B, T, H) tensor added to every h_t; pass zeros that
-                require grad and ``autograd.grad(loss, h_offsets)`` is the full dL/dh_t.
 
         Returns:
-            outputs (B, T, H) of the last layer, the final state, and hiddens (L, B, T, H).
+            outputs (B, T, H) of the last layer, the final state, and ``hiddens[l][t]``: layer l's
+            h_t (B, H), the very tensor the next step, the next layer and the outputs were computed
+            from — so ``autograd.grad(loss, [h for layer in hiddens for h in layer])`` is the full
+            dL/dh_t (readout and recurrence) of every layer and step, in one backward.
         """
-        B, T, _ = x.shape
-        layer_states = self._unpack(state, B, x)
+        layer_states = self._unpack(state, x.shape[0], x)
         layer_input = x  # (B, T, I)
         hiddens = []
         for layer in range(self.num_layers):
@@ -98,18 +102,17 @@ class RecurrentNet(nn.Module):
             x_proj = self.project_input(weights, layer_input)  # (B, T, gates*H)
             s = layer_states[layer]
             hs = []
-            for t in range(T):
-                s = self.step(weights, x_proj[:, t], s)
-                if h_offsets is not None:
-                    # Adds zero, but makes the offset's gradient the total dL/dh_t (readout + recurrence).
-                    s = (s[0] + h_offsets[layer, :, t],) + s[1:]
+            # unbind, not x_proj[:, t]: the backward of T selects would write T full-size zero
+            # gradients (O(T²) memory traffic); unbind's backward is one stack.
+            for x_t in x_proj.unbind(1):  # (B, gates*H)
+                s = self.step(weights, x_t, s)
                 hs.append(s[0])
             layer_states[layer] = s
+            hiddens.append(hs)
             out = torch.stack(hs, dim=1)  # (B, T, H)
-            hiddens.append(out)
             last = layer == self.num_layers - 1
             layer_input = out if last else F.dropout(out, self.dropout, self.training)
-        return layer_input, self._pack(layer_states), torch.stack(hiddens)  # hiddens (L, B, T, H)
+        return layer_input, self._pack(layer_states), hiddens
 
     def recurrent_matrices(self) -> dict[str, Tensor]:
         """W_h of every layer, split into its gate blocks: {"layer0/f": (H, H), ...}."""

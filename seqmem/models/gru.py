@@ -27,12 +27,17 @@ class GRU(TorchRecurrentNet):
         super().__init__(input_size, hidden_size, num_layers, dropout)
         self.rnn = nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
 
+    def project_input(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """W_in x_t + b_in only: b_h stays in :meth:`step`, where its n block is scaled by r."""
+        return F.linear(x, weights[0], weights[2])  # (B, T, 3H)
+
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         _, w_h, _, b_h = weights
         h = state[0]  # (B, H)
-        gx_r, gx_z, gx_n = x_proj.chunk(3, dim=1)  # each (B, H)
-        gh_r, gh_z, gh_n = F.linear(h, w_h, b_h).chunk(3, dim=1)  # b_h stays inside r ⊙ (...) as in torch
-        r = torch.sigmoid(gx_r + gh_r)
-        z = torch.sigmoid(gx_z + gh_z)
-        n = torch.tanh(gx_n + r * gh_n)
-        return ((1 - z) * n + z * h,)
+        sizes = (2 * self.hidden_size, self.hidden_size)
+        gx_rz, gx_n = x_proj.split(sizes, dim=1)  # (B, 2H), (B, H)
+        gh_rz, gh_n = F.linear(h, w_h, b_h).split(sizes, dim=1)  # b_h stays inside r ⊙ (...) as in torch
+        # Fused forms (r and z in one sigmoid, addcmul, lerp) keep the step path's op count low.
+        r, z = torch.sigmoid(gx_rz + gh_rz).chunk(2, dim=1)  # each (B, H)
+        n = torch.tanh(torch.addcmul(gx_n, r, gh_n))  # (B, H)
+        return (torch.lerp(n, h, z),)  # (1 - z) ⊙ n + z ⊙ h
