@@ -119,9 +119,8 @@ def test_probe_leaves_existing_training_gradients_untouched() -> None:
 
 
 def identity_step(weights, x_proj, state):
-    """Elman step with the identity activation: h_t = W_h h_{t-1} + W_in x_t + b (a linear RNN);
-    x_proj = W_in x_t + b already holds the biases."""
-    return (x_proj + F.linear(state[0], weights[1]),)
+    """Elman step with the identity activation: h_t = W_h h_{t-1} + W_in x_t + b (a linear RNN)."""
+    return (x_proj + F.linear(state[0], weights[1], weights[3]),)
 
 
 def linear_model(cell: str, seq_len: int, w_h: torch.Tensor | None, monkeypatch) -> SequenceModel:

@@ -37,7 +37,7 @@ def timestep_grad_norms(pl_module: "L.LightningModule", x: Tensor, y: Tensor, lo
     """‖dL/dh_t‖ of every layer and step, the norm taken over the batch and hidden units.
 
     Args:
-        pl_module: a SequenceModel (``forward_steps``, ``loss``, ``task``, ``net``).
+        pl_module: a SequenceModel (``forward_steps``, ``loss``, ``task``).
         x: (B, T) token ids or (B, T, I) features.
         y: targets as in a training batch.
         loss: "last" (final-step loss L_T) or "task" (the training loss).

@@ -18,10 +18,11 @@ from seqmem.errors import require
 def input_sensitivity(pl_module: "L.LightningModule", x: Tensor, projections: int, seed: int = 0) -> Tensor:
     """Estimated ‖∂h_T/∂x_ℓ‖_F of the last layer's final state, for every position ℓ.
 
-    The batch is repeated ``projections`` times, each copy with its own Gaussian v, and one
-    ``autograd.grad`` gives every vᵀ ∂h_T/∂x_ℓ; the root-mean-square over copies and samples is the
-    estimate (the RMS over samples of the per-sample Frobenius norm). v comes from its own seeded
-    generator, so probes do not consume the training random stream and see the same projections.
+    One step-by-step forward, then one ``autograd.grad`` batched over the ``projections`` Gaussian
+    v of every sample (``is_grads_batched``: the backward is vmapped, the forward not repeated)
+    gives every vᵀ ∂h_T/∂x_ℓ; the root-mean-square over projections and samples is the estimate
+    (the RMS over samples of the per-sample Frobenius norm). v comes from its own seeded generator,
+    so probes do not consume the training random stream and see the same projections.
 
     Args:
         pl_module: a SequenceModel (``embed``, ``net``).
@@ -32,14 +33,14 @@ def input_sensitivity(pl_module: "L.LightningModule", x: Tensor, projections: in
     Returns:
         (T,) estimates, position ℓ = 0..T−1.
     """
-    embedded = pl_module.embed(x).detach()  # (B, T, E)
-    embedded = embedded.repeat(projections, 1, 1).requires_grad_()  # (P*B, T, E)
+    embedded = pl_module.embed(x).detach().requires_grad_()  # (B, T, E)
     _, _, hiddens = pl_module.net.forward_steps(embedded)
-    h_final = hiddens[-1][-1]  # (P*B, H): last layer, last step
+    h_final = hiddens[-1][-1]  # (B, H): last layer, last step
     generator = torch.Generator(device=h_final.device).manual_seed(seed)
-    v = torch.randn(h_final.shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P*B, H)
-    (vjp,) = torch.autograd.grad(h_final, embedded, grad_outputs=v)  # (P*B, T, E) rows vᵀ ∂h_T/∂x_ℓ
-    return vjp.square().sum(dim=-1).mean(dim=0).sqrt()  # (T,)
+    shape = (projections, *h_final.shape)
+    v = torch.randn(shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P, B, H)
+    (vjp,) = torch.autograd.grad(h_final, embedded, grad_outputs=v, is_grads_batched=True)  # (P, B, T, E) vᵀ ∂h_T/∂x_ℓ
+    return vjp.square().sum(dim=-1).mean(dim=(0, 1)).sqrt()  # (T,)
 
 
 class InputSensitivity(ProbeDiagnostic):

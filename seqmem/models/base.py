@@ -64,16 +64,11 @@ class RecurrentNet(nn.Module):
         raise NotImplementedError
 
     def project_input(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """W_in x_t + b_in + b_h for all t in one matmul: (B, T, I) -> (B, T, gates * H).
-
-        b_h joins b_in here, once, rather than being added at every step: in every cell but the GRU
-        (which overrides this) it sits outside any product with h, so :meth:`step` is then a single
-        ``addmm`` of x_proj and W_h h_{t-1} followed by the nonlinearity.
-        """
-        return F.linear(x, weights[0], weights[2] + weights[3])
+        """W_in x_t + b_in for all t in one matmul: (B, T, I) -> (B, T, gates * H)."""
+        return F.linear(x, weights[0], weights[2])
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """One time step of one layer: projected input (B, gates*H) from :meth:`project_input`, state -> new state."""
+        """One time step of one layer: projected input (B, gates*H), state -> new state."""
         raise NotImplementedError
 
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:

@@ -4,6 +4,7 @@ h_t = φ(W_h h_{t-1} + W_in x_t + b). Fused path: nn.RNN.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import require
@@ -29,7 +30,8 @@ class VanillaRNN(TorchRecurrentNet):
         )
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        pre = torch.addmm(x_proj, state[0], weights[1].t())  # (B, H); x_proj holds both biases
+        _, w_h, _, b_h = weights
+        pre = x_proj + F.linear(state[0], w_h, b_h)  # (B, H)
         return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre),)
 
 

@@ -27,10 +27,6 @@ class GRU(TorchRecurrentNet):
         super().__init__(input_size, hidden_size, num_layers, dropout)
         self.rnn = nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
 
-    def project_input(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """W_in x_t + b_in only: b_h stays in :meth:`step`, where its n block is scaled by r."""
-        return F.linear(x, weights[0], weights[2])  # (B, T, 3H)
-
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         _, w_h, _, b_h = weights
         h = state[0]  # (B, H)

@@ -7,6 +7,7 @@ forget gate is open — hence the forget-bias init of 1 (Gers et al. 2000; Jozef
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.models.base import TorchRecurrentNet
@@ -46,8 +47,9 @@ class LSTM(TorchRecurrentNet):
                     b_h[forget] = 0.0
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        _, w_h, _, b_h = weights
         h, c = state  # (B, H) each
-        i, f, g, o = torch.addmm(x_proj, h, weights[1].t()).chunk(4, dim=1)  # each (B, H); x_proj holds both biases
+        i, f, g, o = (x_proj + F.linear(h, w_h, b_h)).chunk(4, dim=1)  # each (B, H)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c

@@ -14,6 +14,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
@@ -126,7 +127,7 @@ class OrthogonalRNN(RecurrentNet):
         return weights + (self.modrelu_bias[layer],) if self.activation == "modrelu" else weights
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        pre = torch.addmm(x_proj, state[0], weights[1].t())  # (B, H)
+        pre = x_proj + F.linear(state[0], weights[1])  # (B, H)
         return (modrelu(pre, weights[4]) if self.activation == "modrelu" else torch.tanh(pre),)
 
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
