@@ -43,7 +43,7 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     cli = run_cli(
         fit_args(
             workdir, "--config", str(CONFIGS / f"{task}.yaml"), "--model.cell", cell, *TINY, *TASK_ARGS[task], *extra,
-            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
+            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
         )
     )  # fmt: skip
     assert cli.trainer.global_step == 2
