@@ -40,7 +40,7 @@ class SequenceModel(L.LightningModule):
         embedding_size: width of the token embedding (token tasks only: copy, agreement, lm).
         activation: orthogonal only — tanh (fused kernel) or modrelu (step-by-step path, slower).
         orthogonal_init: orthogonal only — initial W_h: henaff, cayley or random.
-        orthogonal_map: orthogonal only — matrix_exp (expRNN) or cayley.
+        orthogonal_map: orthogonal only — cayley (default, scoRNN) or matrix_exp (expRNN, slower backward).
         orthogonal_lr_scale: learning-rate multiplier for the skew-symmetric parameters behind an
             orthogonal W_h (expRNN trains them at 0.1× the others).
         irnn_scale: irnn only — W_h is initialised to this multiple of the identity.
@@ -70,7 +70,7 @@ class SequenceModel(L.LightningModule):
         embedding_size: int = 32,
         activation: Optional[Literal["tanh", "modrelu"]] = None,
         orthogonal_init: Optional[Literal["henaff", "cayley", "random"]] = None,
-        orthogonal_map: Optional[Literal["matrix_exp", "cayley"]] = None,
+        orthogonal_map: Optional[Literal["cayley", "matrix_exp"]] = None,
         orthogonal_lr_scale: float = 0.1,
         irnn_scale: Optional[float] = None,
         forget_bias: Optional[float] = None,

@@ -339,3 +339,12 @@ def test_lm_too_short_for_a_window(tmp_path, offline):
     dm = LMData(path=str(short), seq_len=10, batch_size=4, cache_dir=str(offline))
     with pytest.raises(ConfigError, match=r"data\.seq_len"):
         dm.train_dataloader()
+
+
+def test_hub_dataset_unreachable_is_a_config_error(tmp_path):
+    # Offline (conftest sets HF_DATASETS_OFFLINE=1) the Hub path cannot load: one line naming the
+    # option, pointing at data.path, instead of the datasets library's traceback.
+    data = LMData(hub_dataset="no-such-user/no-such-dataset", cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"data\.hub_dataset .*data\.path") as err:
+        data.spec
+    assert "\n" not in str(err.value)

@@ -13,7 +13,7 @@ import datasets
 import torch
 from torch.utils.data import IterableDataset
 
-from seqmem.errors import require
+from seqmem.errors import ConfigError, require
 from seqmem.tasks.spec import TaskDataModule, TaskSpec, batch_loader
 
 SPLITS = ("train", "validation", "test")
@@ -123,7 +123,14 @@ class LMData(TaskDataModule):
         """The raw text of each split, read through ``datasets`` (cached in ``cache_dir``)."""
         hp = self.hparams
         if hp.path is None:
-            hub = datasets.load_dataset(hp.hub_dataset, hp.hub_config, cache_dir=hp.cache_dir)
+            try:
+                hub = datasets.load_dataset(hp.hub_dataset, hp.hub_config, cache_dir=hp.cache_dir)
+            except Exception as err:  # offline, unknown name, ...: the datasets library raises many kinds
+                raise ConfigError(
+                    f"data.hub_dataset {hp.hub_dataset!r} ({hp.hub_config!r}) could not be loaded from the Hugging "
+                    f"Face Hub ({type(err).__name__}); offline, pass data.path: a text file or a folder with "
+                    "train.txt and valid.txt"
+                ) from err
             return {split: "".join(hub[split]["text"]) for split in SPLITS}
         corpus = Path(hp.path).expanduser()
         if corpus.is_dir():
