@@ -4,7 +4,7 @@ from seqmem.tasks.adding import AddingData, adding_problem
 from seqmem.tasks.agreement import AgreementData, AgreementLexicon, agreement_batch, bucket_names, load_lexicon
 from seqmem.tasks.copy import CopyData, copy_memory
 from seqmem.tasks.lm import LMData, batchify, build_vocab, tokenize, unigram_entropy
-from seqmem.tasks.spec import SyntheticBatches, TaskDataModule, TaskSpec, batch_loader
+from seqmem.tasks.spec import SyntheticBatches, SyntheticTask, TaskDataModule, TaskSpec, batch_loader
 
 __all__ = [
     "AddingData",
@@ -13,6 +13,7 @@ __all__ = [
     "CopyData",
     "LMData",
     "SyntheticBatches",
+    "SyntheticTask",
     "TaskDataModule",
     "TaskSpec",
     "adding_problem",

@@ -1,11 +1,10 @@
 """The adding problem (uRNN variant): remember two marked values and output their sum."""
 
-from functools import partial
 
 import torch
 
 from seqmem.errors import require
-from seqmem.tasks.spec import SyntheticBatches, TaskDataModule, TaskSpec, batch_loader
+from seqmem.tasks.spec import SyntheticTask, TaskSpec
 
 
 def adding_problem(batch_size: int, seq_len: int, generator: torch.Generator) -> dict:
@@ -36,13 +35,13 @@ def adding_problem(batch_size: int, seq_len: int, generator: torch.Generator) ->
     return {"x": x, "y": y}
 
 
-class AddingData(TaskDataModule):
+class AddingData(SyntheticTask):
     """Adding problem: regress the sum of the two marked values of a 2-channel sequence.
 
     Args:
         seq_len: sequence length T; the first marked value must be held for at least T//2 steps.
         batch_size: sequences per batch.
-        train_batches: batches per training epoch.
+        train_batches: batches per training epoch (the same batches every epoch).
         val_batches: batches per validation (and test) run.
         seed: seed of the training stream; validation and test use disjoint streams derived from it.
     """
@@ -55,12 +54,8 @@ class AddingData(TaskDataModule):
         val_batches: int = 10,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(batch_size, train_batches, val_batches, seed)
         require(seq_len >= 2, f"data.seq_len must be >= 2 (one marker per half), got {seq_len}")
-        require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
-        require(train_batches >= 1, f"data.train_batches must be >= 1, got {train_batches}")
-        require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
-        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
         self.save_hyperparameters()
 
     @property
@@ -68,17 +63,5 @@ class AddingData(TaskDataModule):
         # Always predicting 1 = E[U1 + U2] scores Var(U1 + U2) = 2/12.
         return TaskSpec(name="adding", input_size=2, output_size=1, loss="mse", readout="last", baseline=1 / 6)
 
-    def _loader(self, split: int, num_batches: int):
-        # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
-        hp = self.hparams
-        make = partial(adding_problem, hp.batch_size, hp.seq_len)
-        return batch_loader(SyntheticBatches(make, num_batches, 3 * hp.seed + split))
-
-    def train_dataloader(self):
-        return self._loader(0, self.hparams.train_batches)
-
-    def val_dataloader(self):
-        return self._loader(1, self.hparams.val_batches)
-
-    def test_dataloader(self):
-        return self._loader(2, self.hparams.val_batches)
+    def make_batch(self, generator: torch.Generator) -> dict:
+        return adding_problem(self.hparams.batch_size, self.hparams.seq_len, generator)

@@ -10,14 +10,13 @@ Earlier clauses ("I work , he works ,") show the agreement rule in context.
 import json
 import math
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from seqmem.errors import ConfigError, require
-from seqmem.tasks.spec import SyntheticBatches, TaskDataModule, TaskSpec, batch_loader
+from seqmem.tasks.spec import SyntheticTask, TaskSpec
 
 PAD = "<pad>"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +162,7 @@ def agreement_batch(
     return {"x": x, "y": y, "bucket": bucket_of[dist]}
 
 
-class AgreementData(TaskDataModule):
+class AgreementData(SyntheticTask):
     """Pronoun–verb agreement: classify whether the next verb takes the 3rd-person-singular form.
 
     Args:
@@ -176,7 +175,7 @@ class AgreementData(TaskDataModule):
         lexicon: lexicon json; a relative path not found from the working directory is resolved
             against the repository root (default: the shipped data/agreement_lexicon.json).
         batch_size: sequences per batch.
-        train_batches: batches per training epoch.
+        train_batches: batches per training epoch (the same batches every epoch).
         val_batches: batches per validation (and test) run.
         seed: seed of the training stream; validation and test use disjoint streams derived from it.
     """
@@ -193,7 +192,7 @@ class AgreementData(TaskDataModule):
         val_batches: int = 10,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(batch_size, train_batches, val_batches, seed)
         require(min_len >= 2, f"data.min_len must be >= 2, got {min_len}")
         require(max_len >= min_len, f"data.max_len must be >= data.min_len ({min_len}), got {max_len}")
         if distance is not None:
@@ -203,10 +202,6 @@ class AgreementData(TaskDataModule):
                 f"data.distance ({distance}) is longer than the sequence: it must be <= data.min_len ({min_len})",
             )
         require(0 <= attractor_prob <= 1, f"data.attractor_prob must be in [0, 1], got {attractor_prob}")
-        require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
-        require(train_batches >= 1, f"data.train_batches must be >= 1, got {train_batches}")
-        require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
-        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
         self.save_hyperparameters()
         path = Path(lexicon).expanduser()
         self.lexicon = load_lexicon(path if path.is_file() or path.is_absolute() else REPO_ROOT / path)
@@ -226,19 +221,8 @@ class AgreementData(TaskDataModule):
             bucket_names=names,
         )
 
-    def _loader(self, split: int, num_batches: int):
-        # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
+    def make_batch(self, generator: torch.Generator) -> dict:
         hp = self.hparams
-        make = partial(
-            agreement_batch, hp.batch_size, self.lexicon, hp.min_len, hp.max_len, hp.distance, hp.attractor_prob
+        return agreement_batch(
+            hp.batch_size, self.lexicon, hp.min_len, hp.max_len, hp.distance, hp.attractor_prob, generator
         )
-        return batch_loader(SyntheticBatches(make, num_batches, 3 * hp.seed + split))
-
-    def train_dataloader(self):
-        return self._loader(0, self.hparams.train_batches)
-
-    def val_dataloader(self):
-        return self._loader(1, self.hparams.val_batches)
-
-    def test_dataloader(self):
-        return self._loader(2, self.hparams.val_batches)

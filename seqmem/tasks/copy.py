@@ -1,12 +1,11 @@
 """The copy-memory task (Arjovsky et al. 2016): recall a few symbols after a long blank delay."""
 
 import math
-from functools import partial
 
 import torch
 
 from seqmem.errors import require
-from seqmem.tasks.spec import SyntheticBatches, TaskDataModule, TaskSpec, batch_loader
+from seqmem.tasks.spec import SyntheticTask, TaskSpec
 
 
 def copy_memory(
@@ -38,13 +37,13 @@ def copy_memory(
     return {"x": x, "y": y}
 
 
-class CopyData(TaskDataModule):
+class CopyData(SyntheticTask):
     """Copy memory: reproduce the first symbols of the sequence after a blank delay and a marker.
 
     Args:
         seq_len: delay T between the symbols and the marker; sequences are T + 2*num_copy long.
         batch_size: sequences per batch.
-        train_batches: batches per training epoch.
+        train_batches: batches per training epoch (the same batches every epoch).
         val_batches: batches per validation (and test) run.
         seed: seed of the training stream; validation and test use disjoint streams derived from it.
         num_symbols: size of the symbol alphabet (8 in Arjovsky et al.).
@@ -61,12 +60,8 @@ class CopyData(TaskDataModule):
         num_symbols: int = 8,
         num_copy: int = 10,
     ):
-        super().__init__()
+        super().__init__(batch_size, train_batches, val_batches, seed)
         require(seq_len >= 1, f"data.seq_len must be >= 1, got {seq_len}")
-        require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
-        require(train_batches >= 1, f"data.train_batches must be >= 1, got {train_batches}")
-        require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
-        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
         require(num_symbols >= 2, f"data.num_symbols must be >= 2, got {num_symbols}")
         require(num_copy >= 1, f"data.num_copy must be >= 1, got {num_copy}")
         self.save_hyperparameters()
@@ -87,17 +82,6 @@ class CopyData(TaskDataModule):
             accuracy_steps=hp.num_copy,
         )
 
-    def _loader(self, split: int, num_batches: int):
-        # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
+    def make_batch(self, generator: torch.Generator) -> dict:
         hp = self.hparams
-        make = partial(copy_memory, hp.batch_size, hp.seq_len, num_symbols=hp.num_symbols, num_copy=hp.num_copy)
-        return batch_loader(SyntheticBatches(make, num_batches, 3 * hp.seed + split))
-
-    def train_dataloader(self):
-        return self._loader(0, self.hparams.train_batches)
-
-    def val_dataloader(self):
-        return self._loader(1, self.hparams.val_batches)
-
-    def test_dataloader(self):
-        return self._loader(2, self.hparams.val_batches)
+        return copy_memory(hp.batch_size, hp.seq_len, generator, num_symbols=hp.num_symbols, num_copy=hp.num_copy)

@@ -19,6 +19,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seqmem.errors import require
+
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in hparams when it writes hparams.yaml
 class TaskSpec:
@@ -60,6 +62,45 @@ class TaskDataModule(L.LightningDataModule):
     def spec(self) -> TaskSpec:
         """The task's sizes, loss and baseline — available right after ``__init__``."""
         raise NotImplementedError
+
+
+class SyntheticTask(TaskDataModule):
+    """Base of the generated tasks: validates the stream options, serves train / val / test batches.
+
+    Subclasses call ``super().__init__(batch_size, train_batches, val_batches, seed)``, then
+    ``self.save_hyperparameters()``, and implement :meth:`make_batch` with their pure generator.
+
+    Args:
+        batch_size: sequences per batch.
+        train_batches: batches per training epoch (the same batches every epoch: batch ``i`` is
+            seeded by ``(seed, i)``).
+        val_batches: batches per validation (and test) run.
+        seed: seed of the training stream; validation and test use disjoint streams derived from it.
+    """
+
+    def __init__(self, batch_size: int, train_batches: int, val_batches: int, seed: int):
+        super().__init__()
+        require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
+        require(train_batches >= 1, f"data.train_batches must be >= 1, got {train_batches}")
+        require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
+        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
+
+    def make_batch(self, generator: torch.Generator) -> dict:
+        """One batch, a pure function of ``generator``."""
+        raise NotImplementedError
+
+    def _loader(self, split: int, num_batches: int) -> DataLoader:
+        # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
+        return batch_loader(SyntheticBatches(self.make_batch, num_batches, 3 * self.hparams.seed + split))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0, self.hparams.train_batches)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(1, self.hparams.val_batches)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(2, self.hparams.val_batches)
 
 
 class SyntheticBatches(Dataset):
