@@ -50,6 +50,11 @@ def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -
         writer.add_scalar(tag, number, step)
 
 
+def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """The parameters whose gradients the optimizer is about to apply — exactly the set Lightning clips."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
 def log_step_due(trainer: "L.Trainer") -> bool:
     """Whether the optimizer step about to be taken is one on which Lightning flushes logs."""
     n = trainer.log_every_n_steps

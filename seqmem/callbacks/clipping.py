@@ -14,12 +14,14 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from seqmem.callbacks.base import Diagnostic, Layout, log_step_due, tensorboard_writer, write_scalars
-
-
-def optimizer_grads(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """The gradients the optimizer is about to apply — exactly the set Lightning clips."""
-    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+from seqmem.callbacks.base import (
+    Diagnostic,
+    Layout,
+    log_step_due,
+    params_with_grad,
+    tensorboard_writer,
+    write_scalars,
+)
 
 
 class ClippingEvents(Diagnostic):
@@ -54,7 +56,7 @@ class ClippingEvents(Diagnostic):
     ) -> None:
         clip, algorithm = pl_module.clip_settings()
         writer = tensorboard_writer(trainer)
-        grads = optimizer_grads(optimizer)
+        grads = [p.grad for p in params_with_grad(optimizer)]
         if clip is None or writer is None or not grads:
             return
         pre = torch.nn.utils.get_total_norm(grads)  # () on device

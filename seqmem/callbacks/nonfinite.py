@@ -15,6 +15,7 @@ from typing import Optional
 import lightning as L
 import torch
 
+from seqmem.callbacks.base import params_with_grad
 from seqmem.errors import require
 
 
@@ -42,7 +43,7 @@ class NonFiniteGuard(L.Callback):
         self.last_finite_step: Optional[int] = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = params_with_grad(optimizer)
         if not params:
             return
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # () — inf or nan if any entry is
