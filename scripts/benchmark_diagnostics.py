@@ -47,15 +47,26 @@ class Stopwatch(L.Callback):
 def build(config: str, steps: int, extra: list[str]) -> SeqmemCLI:
     """The shipped config through the real CLI, shortened and quiet, logging under scripts/out/."""
     args = [
-        "--config", str(CONFIGS / f"{config}.yaml"), "--trainer.max_steps", str(steps),
-        "--trainer.limit_val_batches", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(OUT / "benchmark_logs"), *extra,
-    ]  # fmt: skip
+        "--config",
+        str(CONFIGS / f"{config}.yaml"),
+        "--trainer.max_steps",
+        str(steps),
+        *(
+            "--trainer.limit_val_batches 0 --trainer.enable_progress_bar false "
+            "--trainer.enable_model_summary false --trainer.default_root_dir"
+        ).split(),
+        str(OUT / "benchmark_logs"),
+        *extra,
+    ]
     return SeqmemCLI(
-        SequenceModel, TaskDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
-        save_config_callback=None, run=False, args=args,
-    )  # fmt: skip
+        SequenceModel,
+        TaskDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_callback=None,
+        run=False,
+        args=args,
+    )
 
 
 def timed_fit(config: str, steps: int, diagnostics: bool) -> float:
@@ -113,9 +124,10 @@ def main() -> None:
     parser.add_argument("--probe-repeats", type=int, default=10, help="timings per probe measurement")
     parser.add_argument("--skip-fit", action="store_true", help="only the probe table, no overhead fits")
     parser.add_argument(
-        "--cpu-time", action="store_true",
+        "--cpu-time",
+        action="store_true",
         help="time probes in process CPU time (unaffected by other load on the machine; use with 1 thread)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     # The CLI is driven with explicit args while this script has its own argv; that is intended here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -152,7 +164,8 @@ def main() -> None:
         step, probe, sens = probe_costs(args.config, cell, args.probe_repeats, clock)
         print(f"[probe] {cell}: step {1e3 * step:.1f} ms, probe {1e3 * probe:.1f} ms", flush=True)
         lines.append(
-            f"| {cell} | {1e3 * step:.1f} | {1e3 * probe:.1f} | {probe / step:.2f} | {1e3 * sens:.1f} | {sens / step:.2f} |"
+            f"| {cell} | {1e3 * step:.1f} | {1e3 * probe:.1f} | {probe / step:.2f} "
+            f"| {1e3 * sens:.1f} | {sens / step:.2f} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)

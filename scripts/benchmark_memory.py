@@ -37,9 +37,14 @@ def run_seqmem(length: int, tbptt: int | None, train: bool) -> None:
     data = CopyData(seq_len=length - 20, batch_size=BATCH, train_batches=1, val_batches=1)
     model = SequenceModel(data.spec, cell="lstm", hidden_size=HIDDEN, tbptt_steps=tbptt)
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     if train:
         trainer.fit(model, data)
 
@@ -90,14 +95,18 @@ def main() -> None:
                 idle = measure(kind, length, tbptt, train=False)
                 peak = measure(kind, length, tbptt, train=True)
                 peaks[length] = {"idle": idle, "peak": peak, "train_rss": peak["rss"] - idle["rss"]}
-                print(f"{kind:7s} {mode:5s} T={length:6d}: peak RSS {peak['rss']:8.1f} MiB, idle {idle['rss']:8.1f} MiB", flush=True)
+                print(
+                    f"{kind:7s} {mode:5s} T={length:6d}: peak RSS {peak['rss']:8.1f} MiB, idle {idle['rss']:8.1f} MiB",
+                    flush=True,
+                )
             rows.append({"kind": kind, "mode": mode, "peaks": peaks})
 
     short, long = LENGTHS
     lines = [
         f"LSTM H={HIDDEN}, batch {BATCH}, one stream of T steps; peak resident memory per fresh process (MiB).",
         "",
-        f"| code | BPTT | peak T={short} | peak T={long} | ratio | train-only T={short} | train-only T={long} | ratio |",
+        f"| code | BPTT | peak T={short} | peak T={long} | ratio "
+        f"| train-only T={short} | train-only T={long} | ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

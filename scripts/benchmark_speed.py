@@ -15,6 +15,7 @@ Writes scripts/out/benchmark_speed.md.
 """
 
 import argparse
+import itertools
 import platform
 import statistics
 import time
@@ -44,7 +45,7 @@ CELLS = {
 
 
 def model_options(run: str) -> dict:
-    """"orthogonal:orthogonal_map=matrix_exp" -> {"cell": "orthogonal", "orthogonal_map": "matrix_exp"}."""
+    """ "orthogonal:orthogonal_map=matrix_exp" -> {"cell": "orthogonal", "orthogonal_map": "matrix_exp"}."""
     cell, _, option = run.partition(":")
     name, _, value = option.partition("=")
     return {"cell": cell, **({name: value} if option else {})}
@@ -69,7 +70,7 @@ class StepTimer(L.Callback):
 
 
 def median_step_ms(starts: list[float], warmup: int) -> float:
-    gaps = [b - a for a, b in zip(starts[warmup:], starts[warmup + 1 :])]
+    gaps = [b - a for a, b in itertools.pairwise(starts[warmup:])]
     return 1000 * statistics.median(gaps)
 
 
@@ -77,15 +78,24 @@ def time_seqmem(cell: str, data: CopyData, args: argparse.Namespace) -> float:
     """Median ms per step of SequenceModel under Trainer.fit, with every extra off."""
     torch.manual_seed(0)
     model = SequenceModel(
-        data.spec, **model_options(cell), hidden_size=args.hidden, embedding_size=args.embedding,
+        data.spec,
+        **model_options(cell),
+        hidden_size=args.hidden,
+        embedding_size=args.embedding,
         optimizer=partial(torch.optim.Adam, lr=1e-3),
-    )  # fmt: skip
+    )
     timer = StepTimer(CLOCKS[args.clock])
     trainer = L.Trainer(
-        max_steps=args.warmup + args.steps + 1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[timer], accelerator="cpu",
-    )  # fmt: skip
+        max_steps=args.warmup + args.steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+        accelerator="cpu",
+    )
     trainer.fit(model, train_dataloaders=data.train_dataloader())
     return median_step_ms(timer.starts, args.warmup)
 
@@ -156,23 +166,29 @@ def main() -> None:
         baseline_name = f"{CELLS[cell][0].__name__}" + (f"({CELLS[cell][1]['nonlinearity']})" if CELLS[cell][1] else "")
         rows.append((cell, baseline_name, ours_ms, base_ms, ratio, median_ratio, target, ratio <= target))
 
-    shape = f"copy task, T = {args.seq_len} + 20 steps, batch {args.batch}, hidden {args.hidden}, embedding {args.embedding}, Adam"
+    shape = (
+        f"copy task, T = {args.seq_len} + 20 steps, batch {args.batch}, hidden {args.hidden}, "
+        f"embedding {args.embedding}, Adam"
+    )
     lines = [
         "# Training-step speed: seqmem (Lightning) vs plain PyTorch",
         "",
         f"- machine: {machine()}",
         f"- shapes: {shape}",
-        f"- clock: {args.clock} time; best of {args.repeats} alternating repeats, each the median of {args.steps} steps "
+        f"- clock: {args.clock} time; best of {args.repeats} alternating repeats, "
+        f"each the median of {args.steps} steps "
         f"after {args.warmup} warm-up steps",
         "- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py "
-        f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} --steps {args.steps} --repeats {args.repeats} "
+        f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} "
+        f"--steps {args.steps} --repeats {args.repeats} "
         f"--threads {args.threads} --clock {args.clock}`",
         "",
         "| cell | baseline | seqmem ms/step | baseline ms/step | ratio | ratio of medians | target | pass |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {cell} | {name} | {ours:.2f} | {base:.2f} | {ratio:.3f} | {median_ratio:.3f} | ≤ {target:.2f} | {'yes' if ok else 'NO'} |"
+        f"| {cell} | {name} | {ours:.2f} | {base:.2f} | {ratio:.3f} | {median_ratio:.3f} "
+        f"| ≤ {target:.2f} | {'yes' if ok else 'NO'} |"
         for cell, name, ours, base, ratio, median_ratio, target, ok in rows
     ]
     table = "\n".join(lines) + "\n"

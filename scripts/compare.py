@@ -72,19 +72,33 @@ def main() -> None:
         print(f"[{i}/{len(args.runs)}] training {run} for {args.steps} steps ...", flush=True)
         start = time.perf_counter()
         cli = run_cli(
-            ["fit", "--config", args.config, *run_options(run), "--trainer.max_steps", str(args.steps),
-             "--trainer.val_check_interval", str(max(1, args.steps // 6)),
-             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-             "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
-             "--trainer.logger.init_args.save_dir", "lightning_logs",
-             "--trainer.logger.init_args.name", f"compare/{run.replace(':', '_')}", *args.extra]
-        )  # fmt: skip
+            [
+                "fit",
+                "--config",
+                args.config,
+                *run_options(run),
+                "--trainer.max_steps",
+                str(args.steps),
+                "--trainer.val_check_interval",
+                str(max(1, args.steps // 6)),
+                *(
+                    "--trainer.enable_progress_bar false --trainer.enable_model_summary false "
+                    "--trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger "
+                    "--trainer.logger.init_args.save_dir lightning_logs --trainer.logger.init_args.name"
+                ).split(),
+                f"compare/{run.replace(':', '_')}",
+                *args.extra,
+            ]
+        )
         seconds = time.perf_counter() - start
         metrics = cli.trainer.callback_metrics
         task = cli.model.task
         rows.append((run, float(metrics[args.metric]), float(metrics["val/loss"]), task.baseline, seconds))
         curves[run] = curve(cli.trainer.logger.log_dir, args.metric)
-        print(f"    {run}: {args.metric} = {rows[-1][1]:.3f} in {seconds:.0f} s  ({cli.trainer.logger.log_dir})", flush=True)
+        print(
+            f"    {run}: {args.metric} = {rows[-1][1]:.3f} in {seconds:.0f} s  ({cli.trainer.logger.log_dir})",
+            flush=True,
+        )
 
     table = [f"| run | {args.metric} | val/loss | chance loss | seconds |", "|---|---|---|---|---|"]
     table += [f"| {c} | {m:.3f} | {loss:.3f} | {b:.3f} | {s:.0f} |" for c, m, loss, b, s in rows]

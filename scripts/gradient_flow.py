@@ -20,15 +20,15 @@ import lightning as L
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures go to files and TensorBoard only
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from seqmem.callbacks import gradient_horizon, timestep_grad_norms  # noqa: E402
-from seqmem.callbacks.base import probe_mode  # noqa: E402
-from seqmem.models import MODELS  # noqa: E402
-from seqmem.module import SequenceModel  # noqa: E402
-from seqmem.tasks import AgreementData  # noqa: E402
+from seqmem.callbacks import gradient_horizon, timestep_grad_norms
+from seqmem.callbacks.base import probe_mode
+from seqmem.models import MODELS
+from seqmem.module import SequenceModel
+from seqmem.tasks import AgreementData
 
 T, DISTANCE = 50, 30
 # Every cell at its default init, plus the LSTM with its forget gate opened wider at init: σ(3) ≈ 0.95
@@ -68,14 +68,22 @@ def main() -> None:
         start = time.perf_counter()
         L.seed_everything(args.seed, verbose=False)
         model = SequenceModel(
-            data.spec, **options, hidden_size=args.hidden, embedding_size=32, gradient_clip_val=1.0,
+            data.spec,
+            **options,
+            hidden_size=args.hidden,
+            embedding_size=32,
+            gradient_clip_val=1.0,
             optimizer=lambda params: torch.optim.Adam(params, lr=args.lr),
-        )  # fmt: skip
+        )
         at_init = relative_curve(model, x, y)
         trainer = L.Trainer(
-            max_steps=args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_val_batches=0,
-        )  # fmt: skip
+            max_steps=args.steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(model, data)
         trained = relative_curve(model, x, y)
         curves[name] = (at_init, trained)
@@ -83,12 +91,16 @@ def main() -> None:
         horizons = [gradient_horizon(c).item() for c in (at_init, trained)]
         subject = [c[T - DISTANCE].item() for c in (at_init, trained)]  # the subject: lag DISTANCE - 1
         rows.append((name, *horizons, *subject, acc))
-        print(f"[{name}] trained {args.steps} steps in {time.perf_counter() - start:.1f}s, probe accuracy {acc:.2f}",
-              flush=True)  # fmt: skip
+        print(
+            f"[{name}] trained {args.steps} steps in {time.perf_counter() - start:.1f}s, probe accuracy {acc:.2f}",
+            flush=True,
+        )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     steps = torch.arange(1, T + 1)
-    for panel, (ax, title) in enumerate(zip(axes, ("at initialisation", f"after {args.steps} training steps"))):
+    for panel, (ax, title) in enumerate(
+        zip(axes, ("at initialisation", f"after {args.steps} training steps"), strict=True)
+    ):
         for name, pair in curves.items():
             ax.semilogy(steps, pair[panel].clamp_min(1e-30), label=name, linestyle="--" if "forget" in name else "-")
         ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)
@@ -105,7 +117,9 @@ def main() -> None:
     logger.experiment.add_figure("gradient_flow", fig, global_step=args.steps)
     logger.experiment.close()
 
-    print("\n| run | horizon at init | horizon trained | ratio at subject, init | ratio at subject, trained | probe acc |")
+    print(
+        "\n| run | horizon at init | horizon trained | ratio at subject, init | ratio at subject, trained | probe acc |"
+    )
     print("|---|---|---|---|---|---|")
     for name, h0, h1, s0, s1, acc in rows:
         print(f"| {name} | {h0} | {h1} | {s0:.1e} | {s1:.1e} | {acc:.2f} |")

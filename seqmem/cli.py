@@ -1,6 +1,6 @@
 """The ``seqmem`` command: LightningCLI with fit / validate / test / predict.
 
-    seqmem fit --config seqmem/configs/copy.yaml --model.cell orthogonal --data.seq_len 200
+seqmem fit --config seqmem/configs/copy.yaml --model.cell orthogonal --data.seq_len 200
 """
 
 import sys
@@ -12,9 +12,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from seqmem.callbacks.nonfinite import NonFiniteError
-from seqmem.errors import ConfigError, require
+from seqmem.errors import ConfigError
 from seqmem.module import SequenceModel
 from seqmem.tasks import TaskDataModule
+
+# Shared defaults (seed, logging cadence, the diagnostics) read before any --config.
+DEFAULTS = Path(__file__).resolve().parent / "configs" / "defaults.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class SeqmemCLI(LightningCLI):
@@ -29,19 +33,9 @@ class SeqmemCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
 
     def before_fit(self) -> None:
-        # Trainer clipping is Lightning's and runs after the callbacks' on_before_optimizer_step, as the
-        # model's own clipping does. Lightning refuses it under manual optimisation (truncated BPTT),
-        # and two clippers would clip twice: say so in one line instead of a traceback.
-        if self.trainer.gradient_clip_val:
-            require(
-                self.model.hparams.tbptt_steps is None,
-                "trainer.gradient_clip_val does not work with model.tbptt_steps (Lightning cannot clip "
-                "under manual optimisation): set model.gradient_clip_val instead",
-            )
-            require(
-                self.model.hparams.gradient_clip_val is None,
-                "set trainer.gradient_clip_val or model.gradient_clip_val, not both (each would clip)",
-            )
+        # The module checks again in on_fit_start; checking here comes before Lightning's own refusal of
+        # Trainer clipping under truncated BPTT, which would be a traceback instead of one line.
+        self.model.check_clipping(self.trainer)
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self.config_init[self.subcommand]["ckpt_path"] = self._last_checkpoint()
 
@@ -59,13 +53,15 @@ class SeqmemCLI(LightningCLI):
 
 def run_cli(args: Optional[list[str]] = None, run: bool = True) -> SeqmemCLI:
     """Build (and by default run) the CLI; scripts use this to read the trainer afterwards."""
+    defaults = {"default_config_files": [str(DEFAULTS)]}
     return SeqmemCLI(
         SequenceModel,
         TaskDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the model builds its optimizer (orthogonal lr group)
-        # Parse errors raise instead of printing the whole usage: main() reports them in one line.
-        parser_kwargs={"exit_on_error": False},
+        # Parse errors raise instead of printing the whole usage: main() reports them in one line. The
+        # shared defaults go to every subcommand's parser, or to the one parser there is with run=False.
+        parser_kwargs={"exit_on_error": False, **({name: defaults for name in SUBCOMMANDS} if run else defaults)},
         args=args,
         run=run,
     )

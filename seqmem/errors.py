@@ -1,8 +1,10 @@
-"""The one exception type for bad user input.
+"""The one exception type for bad user input, and the checks that raise it.
 
 The CLI catches it and prints a single ``seqmem: error: ...`` line instead of a traceback, so every
 message must name the option (as the user types it, e.g. ``data.seq_len``) and what is allowed.
 """
+
+from typing import Any, get_args
 
 
 class ConfigError(ValueError):
@@ -13,3 +15,19 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_choice(value: Any, choices: Any, option: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``, a ``Literal`` alias.
+
+    The alias is the one definition of an allowed-value set: signatures (and so ``--help``) use it,
+    and this check reads it, so adding a value touches one line.
+
+    Example:
+        >>> from typing import Literal
+        >>> require_choice("relu", Literal["tanh", "modrelu"], "model.activation")
+        Traceback (most recent call last):
+        seqmem.errors.ConfigError: model.activation must be one of tanh, modrelu; got 'relu'
+    """
+    allowed = get_args(choices)
+    require(value in allowed, f"{option} must be one of {', '.join(map(str, allowed))}; got {value!r}")

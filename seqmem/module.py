@@ -1,30 +1,29 @@
-"""SequenceModel: embedding/input -> recurrent net -> task head -> loss, plus metrics.
+"""SequenceModel: embedding/input -> recurrent net -> task head -> loss, trained by Lightning.
 
 The task (sizes, loss, readout, baseline) arrives as a :class:`TaskSpec` linked from the datamodule,
-so nothing is copied by hand between ``--data`` and ``--model``.
+so nothing is copied by hand between ``--data`` and ``--model``. Evaluation metrics live in
+:class:`~seqmem.metrics.TaskMetrics`, the state carried across batches in
+:class:`~seqmem.carried_state.CarriedState`.
 """
 
-import math
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from seqmem.errors import require
-from seqmem.metrics import BucketAccuracy
-from seqmem.models import MODELS, State, build_model
+from seqmem.carried_state import CarriedState
+from seqmem.errors import require, require_choice
+from seqmem.metrics import TaskMetrics
+from seqmem.models import Activation, Cell, OrthogonalInit, OrthogonalMap, State, build_model, detach_state
 from seqmem.tasks.spec import TaskSpec
 
 # Checkpoints hold the TaskSpec in their hyperparameters; allow it under torch.load(weights_only=True).
 torch.serialization.add_safe_globals([TaskSpec])
 
-Cell = Literal["vanilla", "orthogonal", "irnn", "gru", "lstm"]
-assert set(Cell.__args__) == set(MODELS), "keep the Cell literal in step with the MODELS table"
+ClipAlgorithm = Literal["norm", "value"]
 
 
 class SequenceModel(L.LightningModule):
@@ -53,11 +52,19 @@ class SequenceModel(L.LightningModule):
             (no gradient) and each batch makes one update. None: full BPTT, one update per batch.
         gradient_clip_val: clip the gradient of every update at this value (None: no clipping). With full
             BPTT ``trainer.gradient_clip_val`` does the same; with ``tbptt_steps`` only this option
-            works, because Lightning refuses Trainer clipping under manual optimisation. Clipping runs
-            after every callback's ``on_before_optimizer_step``, so diagnostics see the pre-clip gradient.
+            works, because Lightning refuses Trainer clipping under manual optimisation. Diagnostics see
+            the gradient before either clips.
         gradient_clip_algorithm: "norm" (rescale the total 2-norm) or "value" (clamp each entry).
         optimizer: optimizer class and arguments, e.g. ``--model.optimizer RMSprop --model.optimizer.lr 1e-3``.
         lr_scheduler: optional learning-rate scheduler class and arguments.
+
+    Raises:
+        ConfigError: an option out of range, or one that does not apply to the chosen cell.
+
+    Example:
+        >>> data = AddingData(seq_len=50)
+        >>> model = SequenceModel(data.spec, cell="irnn", hidden_size=64)
+        >>> L.Trainer(max_steps=100).fit(model, data)
     """
 
     def __init__(
@@ -68,15 +75,15 @@ class SequenceModel(L.LightningModule):
         num_layers: int = 1,
         dropout: float = 0.0,
         embedding_size: int = 32,
-        activation: Optional[Literal["tanh", "modrelu"]] = None,
-        orthogonal_init: Optional[Literal["henaff", "cayley", "random"]] = None,
-        orthogonal_map: Optional[Literal["cayley", "matrix_exp"]] = None,
+        activation: Optional[Activation] = None,
+        orthogonal_init: Optional[OrthogonalInit] = None,
+        orthogonal_map: Optional[OrthogonalMap] = None,
         orthogonal_lr_scale: float = 0.1,
         irnn_scale: Optional[float] = None,
         forget_bias: Optional[float] = None,
         tbptt_steps: Optional[int] = None,
         gradient_clip_val: Optional[float] = None,
-        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        gradient_clip_algorithm: ClipAlgorithm = "norm",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ):
@@ -89,10 +96,7 @@ class SequenceModel(L.LightningModule):
             gradient_clip_val is None or gradient_clip_val > 0,
             f"model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}",
         )
-        require(
-            gradient_clip_algorithm in ("norm", "value"),
-            f"model.gradient_clip_algorithm must be norm or value, got {gradient_clip_algorithm!r}",
-        )
+        require_choice(gradient_clip_algorithm, ClipAlgorithm, "model.gradient_clip_algorithm")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.task = task
         self.optimizer = optimizer
@@ -101,17 +105,20 @@ class SequenceModel(L.LightningModule):
         self.automatic_optimization = tbptt_steps is None
         self.embed = nn.Embedding(task.input_size, embedding_size) if task.input_tokens else nn.Identity()
         net_input = embedding_size if task.input_tokens else task.input_size
-        self.net = build_model(
-            cell, net_input, hidden_size, num_layers, dropout,
-            activation=activation, orthogonal_init=orthogonal_init, orthogonal_map=orthogonal_map,
-            irnn_scale=irnn_scale, forget_bias=forget_bias,
-        )  # fmt: skip
+        cell_options = dict(
+            activation=activation,
+            orthogonal_init=orthogonal_init,
+            orthogonal_map=orthogonal_map,
+            irnn_scale=irnn_scale,
+            forget_bias=forget_bias,
+        )
+        self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, **cell_options)
         self.head = nn.Linear(hidden_size, task.output_size)
-        # Hidden state carried across consecutive batches of a stateful task (lm), per stage.
-        self.carried: dict[str, Optional[State]] = {}
-        self.eval_metrics = nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
+        self.carried = CarriedState(enabled=task.stateful)
+        self.eval_metrics = nn.ModuleDict({stage: TaskMetrics(task) for stage in ("val", "test")})
 
     # ---- model --------------------------------------------------------------------------------
+    @override
     def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         """x: (B, T) token ids or (B, T, I) features -> predictions and final state.
 
@@ -139,20 +146,19 @@ class SequenceModel(L.LightningModule):
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """Mean loss of predictions against targets (MSE or cross-entropy over every target)."""
-        if self.task.loss == "mse":
-            return F.mse_loss(pred, y)
-        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+        return self.task.compute_loss(pred, y)
 
     # ---- training -----------------------------------------------------------------------------
+    @override
     def training_step(self, batch: dict, batch_idx: int) -> Optional[Tensor]:
         if batch_idx == 0:
             # The streams restart with the epoch. Keyed on the batch index rather than on the epoch
             # start, so that a run resumed mid-epoch keeps the state restored from its checkpoint.
-            self.carried.pop("train", None)
+            self.carried.reset("train")
         if self.hparams.tbptt_steps is not None:
             return self._truncated_step(batch)
-        pred, state = self(batch["x"], self._carried_state("train"))
-        self._carry("train", state)
+        pred, state = self(batch["x"], self.carried.get("train"))
+        self.carried.carry("train", state)
         loss = self.loss(pred, batch["y"])
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -183,17 +189,18 @@ class SequenceModel(L.LightningModule):
         for start in range(0, T, k):
             pred, state = self(x[:, start : start + k], state)  # (B, k, C)
             yield self.loss(pred, y[:, start : start + k]), state
-            state = _detach(state)
+            state = detach_state(state)
 
     def _truncated_step(self, batch: dict) -> None:
         optimizer = self.optimizers()
-        state = self._carried_state("train")
-        for loss, state in self.tbptt_chunks(batch["x"], batch["y"], state):
+        state = self.carried.get("train")
+        for loss, state_after in self.tbptt_chunks(batch["x"], batch["y"], state):
             optimizer.zero_grad()
             self.manual_backward(loss)
             self._log_update(loss)
-            optimizer.step()  # runs on_before_optimizer_step (callbacks, then our clipping)
-        self._carry("train", state)
+            optimizer.step()  # runs on_before_optimizer_step: the callbacks' first, then our clipping
+            state = state_after
+        self.carried.carry("train", state)
         # Lightning writes self.log values once per batch at its batch counter; a "step" value makes
         # it use global_step (chunk updates) instead, so every logged curve shares one x-axis.
         self.log("step", float(self.global_step))
@@ -207,106 +214,75 @@ class SequenceModel(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({"train/loss": loss.item()}, step=step)
 
+    @override
     def on_train_epoch_end(self) -> None:
         # Manual optimisation leaves schedulers to us; step per epoch, as the automatic loop does.
         if not self.automatic_optimization and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
 
-    def _carried_state(self, stage: str) -> Optional[State]:
-        return self.carried.get(stage) if self.task.stateful else None
-
-    def _carry(self, stage: str, state: State) -> None:
-        if self.task.stateful:
-            # Detach: the next batch continues the stream, but gradients stop at the batch boundary.
-            self.carried[stage] = _detach(state)
-
     # ---- checkpoints --------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and
         # the CPU random state (dropout). Lightning restores neither by itself.
-        state = self.carried.get("train")
-        if state is not None:
-            parts = state if isinstance(state, tuple) else (state,)
-            gathered = [self.all_gather(p) for p in parts]
-            if self.trainer.world_size == 1:
-                gathered = [g.unsqueeze(0) for g in gathered]
-            checkpoint["carried_train_state"] = [g.cpu() for g in gathered]  # each (W, L, B, H)
+        carried = self.carried.gather_train(self)
+        if carried is not None:
+            checkpoint["carried_train_state"] = carried
         checkpoint["cpu_rng_state"] = torch.get_rng_state()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when training starts: the trainer (ranks, device) is known only then, and a model
         # loaded for analysis (load_from_checkpoint) must not reset the global random state.
         self._resume_from = {key: checkpoint.get(key) for key in ("cpu_rng_state", "carried_train_state")}
 
+    @override
     def on_train_start(self) -> None:
         checkpoint = self.__dict__.pop("_resume_from", None)
         if checkpoint is None:
             return
         if checkpoint["cpu_rng_state"] is not None:
             torch.set_rng_state(checkpoint["cpu_rng_state"])
-        saved = checkpoint["carried_train_state"]
-        # Another number of ranks splits the streams differently: the saved rows would not match.
-        if saved is not None and saved[0].shape[0] == self.trainer.world_size:
-            parts = tuple(s[self.trainer.global_rank].to(self.device) for s in saved)  # (L, B, H) each
-            self.carried["train"] = parts if len(parts) > 1 else parts[0]
+        if checkpoint["carried_train_state"] is not None:
+            trainer = self.trainer
+            self.carried.restore_train(
+                checkpoint["carried_train_state"], trainer.global_rank, trainer.world_size, self.device
+            )
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def _make_metrics(self) -> nn.ModuleDict:
-        metrics = nn.ModuleDict({"loss": MeanMetric()})
-        if self.task.accuracy_steps:
-            metrics["acc"] = MulticlassAccuracy(self.task.output_size, average="micro")
-        if self.task.bucket_names:
-            metrics["bucket_acc"] = BucketAccuracy(len(self.task.bucket_names))
-        return metrics
-
     def _evaluate(self, batch: dict, stage: str) -> None:
-        pred, state = self(batch["x"], self._carried_state(stage))
-        self._carry(stage, state)
-        metrics = self.eval_metrics[stage]
-        metrics["loss"].update(self.loss(pred, batch["y"]))
-        if "acc" in metrics:
-            # readout "all" scores only the last accuracy_steps steps (copy: the recalled symbols).
-            scored, target = (pred, batch["y"]) if self.task.readout == "last" else (
-                pred[:, -self.task.accuracy_steps :], batch["y"][:, -self.task.accuracy_steps :]
-            )
-            metrics["acc"].update(scored.reshape(-1, scored.shape[-1]), target.reshape(-1))
-        if "bucket_acc" in metrics:
-            metrics["bucket_acc"].update(pred.argmax(-1), batch["y"], batch["bucket"])
+        pred, state = self(batch["x"], self.carried.get(stage))
+        self.carried.carry(stage, state)
+        self.eval_metrics[stage].update(pred, batch)
 
     def _log_epoch(self, stage: str) -> None:
-        # compute() already all-reduces across DDP ranks, so values are logged without sync_dist.
         metrics = self.eval_metrics[stage]
-        loss = metrics["loss"].compute()
-        values = {f"{stage}/loss": loss, f"{stage}/baseline": torch.tensor(self.task.baseline)}
-        if self.task.perplexity:
-            values[f"{stage}/ppl"] = loss.exp()
-            if self.task.char_level:
-                values[f"{stage}/bpc"] = loss / math.log(2)
-        if "acc" in metrics:
-            values[f"{stage}/acc"] = metrics["acc"].compute()
-        if "bucket_acc" in metrics:
-            for name, acc in zip(self.task.bucket_names, metrics["bucket_acc"].compute()):
-                if not acc.isnan():
-                    values[f"{stage}/acc_{name}"] = acc
+        # compute() already all-reduces across DDP ranks, so values are logged without sync_dist.
+        values = {f"{stage}/{name}": value for name, value in metrics.compute().items()}
         self.log_dict(values, prog_bar=stage == "val")
         if not self.automatic_optimization and stage == "val":
             self.log("step", float(self.global_step))  # same x-axis as the chunk updates
-        for metric in metrics.values():
-            metric.reset()
-        self.carried.pop(stage, None)
+        metrics.reset()
+        # The next evaluation reads its streams from the start again: no state survives the epoch.
+        self.carried.reset(stage)
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    @override
     def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
         pred, _ = self(batch["x"])
         return pred
@@ -324,8 +300,37 @@ class SequenceModel(L.LightningModule):
         trainer = self.trainer
         return trainer.gradient_clip_val or None, trainer.gradient_clip_algorithm or "norm"
 
+    def check_clipping(self, trainer: L.Trainer) -> None:
+        """One clipper at a time, and the one that works in this mode.
+
+        Lightning refuses Trainer clipping under manual optimisation (truncated BPTT), and Trainer and
+        model clipping together would clip twice. Called in :meth:`on_fit_start`, so a Trainer built in
+        Python is checked; the CLI calls it before fitting, ahead of Lightning's own refusal (a traceback).
+
+        Raises:
+            ConfigError: naming the conflicting options and the fix.
+        """
+        if not trainer.gradient_clip_val:
+            return
+        require(
+            self.hparams.tbptt_steps is None,
+            "trainer.gradient_clip_val does not work with model.tbptt_steps (Lightning cannot clip under manual "
+            "optimisation): pass --trainer.gradient_clip_val null --model.gradient_clip_val "
+            f"{trainer.gradient_clip_val}",
+        )
+        require(
+            self.hparams.gradient_clip_val is None,
+            "set trainer.gradient_clip_val or model.gradient_clip_val, not both (each would clip): pass "
+            "--trainer.gradient_clip_val null to keep the model's",
+        )
+
+    @override
+    def on_fit_start(self) -> None:
+        self.check_clipping(self.trainer)
+
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls the callbacks' on_before_optimizer_step first: they see the pre-clip gradient.
+        # Lightning runs the callbacks' hooks before this one, so diagnostics see the pre-clip gradient.
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(
                 optimizer,
@@ -333,20 +338,16 @@ class SequenceModel(L.LightningModule):
                 gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
             )
 
-    def configure_optimizers(self):
-        # Parameters behind a parametrisation (the skew-symmetric A of an orthogonal W_h) get their own
-        # learning rate: expRNN trains them 10x slower than the rest.
-        param_orth = [p for n, p in self.named_parameters() if ".parametrizations." in n]
-        param_rest = [p for n, p in self.named_parameters() if ".parametrizations." not in n]
-        groups = [{"params": param_rest}] + ([{"params": param_orth}] if param_orth else [])
+    @override
+    def configure_optimizers(self) -> Any:
+        # The parameters behind an orthogonal W_h (its skew-symmetric A) get their own learning rate:
+        # expRNN trains them 10x slower than the rest.
+        orthogonal = self.net.orthogonal_parameters()
+        rest = [p for p in self.parameters() if all(p is not q for q in orthogonal)]
+        groups = [{"params": rest}] + ([{"params": orthogonal}] if orthogonal else [])
         optimizer = self.optimizer(groups)
-        if param_orth:
+        if orthogonal:
             optimizer.param_groups[1]["lr"] = optimizer.defaults["lr"] * self.hparams.orthogonal_lr_scale
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-
-
-def _detach(state: State) -> State:
-    """The state with its autograd history cut: values flow on, gradients stop here."""
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()

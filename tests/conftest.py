@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CONFIGS = REPO_ROOT / "seqmem" / "configs"
+# The task configs; defaults.yaml holds the shared trainer defaults every command reads first.
+TASK_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "defaults")
 
 # Keeps CLI runs short and quiet; every run still goes through the real parser, Trainer and logger.
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

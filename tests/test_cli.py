@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REPO_ROOT, fit_args
+from conftest import CONFIGS, REPO_ROOT, TASK_CONFIGS, fit_args
 
 from seqmem.cli import main, run_cli
 from seqmem.models import MODELS, OrthogonalRNN
@@ -19,17 +19,17 @@ from seqmem.module import SequenceModel
 
 CELLS = ["vanilla", "orthogonal", "irnn", "gru", "lstm"]
 TASKS = ["adding", "copy", "agreement", "lm"]
-TINY = ["--model.hidden_size", "8", "--model.embedding_size", "4", "--model.num_layers", "1", "--model.dropout", "0"]
+TINY = "--model.hidden_size 8 --model.embedding_size 4 --model.num_layers 1 --model.dropout 0".split()
 # Options whose values in the shipped configs are too big for a smoke run.
 TASK_ARGS = {
-    "adding": ["--data.seq_len", "6", "--data.batch_size", "4", "--data.train_batches", "2", "--data.val_batches", "1"],
-    "copy": ["--data.seq_len", "3", "--data.batch_size", "4", "--data.train_batches", "2", "--data.val_batches", "1"],
-    "agreement": [
-        "--data.min_len", "6", "--data.max_len", "8", "--data.distance", "4", "--data.batch_size", "4",
-        "--data.train_batches", "2", "--data.val_batches", "1",
-    ],
-    "lm": ["--data.seq_len", "8", "--data.batch_size", "4"],
-}  # fmt: skip
+    "adding": "--data.seq_len 6 --data.batch_size 4 --data.train_batches 2 --data.val_batches 1".split(),
+    "copy": "--data.seq_len 3 --data.batch_size 4 --data.train_batches 2 --data.val_batches 1".split(),
+    "agreement": (
+        "--data.min_len 6 --data.max_len 8 --data.distance 4 --data.batch_size 4 --data.train_batches 2 "
+        "--data.val_batches 1"
+    ).split(),
+    "lm": "--data.seq_len 8 --data.batch_size 4".split(),
+}
 
 
 def test_every_cell_is_a_cli_choice():
@@ -42,10 +42,17 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(lm_cache)] if task == "lm" else []
     cli = run_cli(
         fit_args(
-            workdir, "--config", str(CONFIGS / f"{task}.yaml"), "--model.cell", cell, *TINY, *TASK_ARGS[task], *extra,
-            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
+            workdir,
+            "--config",
+            str(CONFIGS / f"{task}.yaml"),
+            "--model.cell",
+            cell,
+            *TINY,
+            *TASK_ARGS[task],
+            *extra,
+            *"--trainer.max_steps 2 --trainer.limit_val_batches 2 --trainer.val_check_interval 2".split(),
         )
-    )  # fmt: skip
+    )
     assert cli.trainer.global_step == 2
     assert type(cli.model.net) is MODELS[cell]
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
@@ -54,13 +61,14 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     assert list((workdir / "lightning_logs").glob("version_0/events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_parses_and_prints(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (None, 0)
     printed = yaml.safe_load(capsys.readouterr().out)
-    # The printed config is the shipped one completed with defaults: every shipped value survives.
+    # The printed config is the shipped one on top of the shared defaults: every value of both survives.
+    assert_subset(yaml.safe_load((CONFIGS / "defaults.yaml").read_text()), printed)
     assert_subset(yaml.safe_load(config.read_text()), printed)
 
 
@@ -72,13 +80,13 @@ def assert_subset(shipped, printed, where: str = "config") -> None:
             assert_subset(value, printed[key], f"{where}.{key}")
     elif isinstance(shipped, list):
         assert len(shipped) == len(printed), where
-        for i, (a, b) in enumerate(zip(shipped, printed)):
+        for i, (a, b) in enumerate(zip(shipped, printed, strict=True)):
             assert_subset(a, b, f"{where}[{i}]")
     else:
         assert shipped == printed, where
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
     extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(lm_cache)] if config.stem == "lm" else []
     cli = run_cli(["--config", str(config), "--trainer.default_root_dir", str(workdir), *extra], run=False)
@@ -87,11 +95,25 @@ def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
     assert cli.model.task == spec
     assert cli.model.head.out_features == spec.output_size
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
+    # The shared defaults reach every task: the diagnostics, in order, with the guard last.
+    assert [
+        type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem")
+    ] == "GradientNorms ClippingEvents RecurrentSpectrum TimestepGradients InputSensitivity NonFiniteGuard".split()
+    assert cli.trainer.log_every_n_steps == 10
+
+
+def test_shared_defaults_give_way_to_the_command_line(workdir):
+    cli = run_cli(
+        ["--config", str(CONFIGS / "adding.yaml"), *"--trainer.log_every_n_steps 3 --trainer.callbacks []".split()],
+        run=False,
+    )
+    assert cli.trainer.log_every_n_steps == 3
+    assert not any(type(c).__module__.startswith("seqmem") for c in cli.trainer.callbacks)
 
 
 def test_readme_overrides_apply(workdir):
     cli = run_cli(
-        ["--config", str(CONFIGS / "copy.yaml"), "--model.cell", "orthogonal", "--data.seq_len", "200"], run=False
+        ["--config", str(CONFIGS / "copy.yaml"), *"--model.cell orthogonal --data.seq_len 200".split()], run=False
     )
     assert isinstance(cli.model.net, OrthogonalRNN)
     assert cli.datamodule.hparams.seq_len == 200
@@ -108,19 +130,20 @@ def test_optimizer_from_config_gives_orthogonal_group_its_scale(workdir):
 
 
 BAD_INPUT = {
-    "unknown cell": (["--config", "copy", "--model.cell", "transformer"], 'key "model.cell"'),
-    "unknown task": (["--config", "copy", "--data", "seqmem.tasks.SortingData"], 'key "data"'),
-    "seq_len < 1": (["--config", "copy", "--data.seq_len", "0"], "data.seq_len"),
-    "hidden_size < 1": (["--config", "copy", "--model.hidden_size", "0"], "model.hidden_size"),
-    "option of another cell": (["--config", "copy", "--model.cell", "gru", "--model.forget_bias", "1"], "model.forget_bias"),
-    "missing corpus": (["--config", "lm", "--data.path", "{tmp}/missing.txt"], "data.path"),
-    "empty corpus": (["--config", "lm", "--data.path", "{tmp}/empty.txt"], "data.path"),
-    "distance > length": (["--config", "agreement", "--data.distance", "51"], "data.distance"),
+    "unknown cell": ("--config copy --model.cell transformer".split(), 'key "model.cell"'),
+    "unknown task": ("--config copy --data seqmem.tasks.SortingData".split(), 'key "data"'),
+    "seq_len < 1": ("--config copy --data.seq_len 0".split(), "data.seq_len"),
+    "hidden_size < 1": ("--config copy --model.hidden_size 0".split(), "model.hidden_size"),
+    "option of another cell": ("--config copy --model.cell gru --model.forget_bias 1".split(), "model.forget_bias"),
+    "missing corpus": ("--config lm --data.path {tmp}/missing.txt".split(), "data.path"),
+    "empty corpus": ("--config lm --data.path {tmp}/empty.txt".split(), "data.path"),
+    "distance > length": ("--config agreement --data.distance 51".split(), "data.distance"),
     "trainer clipping under tbptt": (
-        ["--config", "copy", "--model.tbptt_steps", "5", "--trainer.gradient_clip_val", "1"], "trainer.gradient_clip_val"
+        "--config copy --model.tbptt_steps 5 --trainer.gradient_clip_val 1".split(),
+        "trainer.gradient_clip_val",
     ),
-    "two clippers": (["--config", "adding", "--model.gradient_clip_val", "1"], "model.gradient_clip_val"),
-}  # fmt: skip
+    "two clippers": ("--config adding --model.gradient_clip_val 1".split(), "model.gradient_clip_val"),
+}
 
 
 def bad_args(args: list[str], tmp: Path) -> list[str]:
@@ -149,9 +172,12 @@ def test_bad_input_exits_2_with_one_line_naming_the_option(case, workdir, capsys
 def test_console_script_reports_bad_input_without_traceback(tmp_path):
     # A separate interpreter: what a user at a shell sees, exit status and stderr included.
     result = subprocess.run(
-        [sys.executable, "-m", "seqmem.cli", "fit", "--config", str(CONFIGS / "adding.yaml"), "--data.seq_len", "0"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
+        [sys.executable, *"-m seqmem.cli fit --config".split(), str(CONFIGS / "adding.yaml"), "--data.seq_len", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "seqmem: error: data.seq_len must be >= 2" in result.stderr
@@ -161,6 +187,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
 def documented_args(cls: type) -> dict[str, str]:
     """Google-style ``Args:`` entries of a class docstring: name -> its text on one line."""
     section = inspect.getdoc(cls).split("Args:")[1]
+    section = re.split(r"^\w[\w ]*:$", section, flags=re.M)[0]  # up to the next section (Raises:, Example:)
     entries = re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", section, re.M | re.S)
     return {name: " ".join(text.split()) for name, text in entries}
 

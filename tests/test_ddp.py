@@ -16,10 +16,14 @@ from seqmem.cli import run_cli
 
 # 8 train and 4 val batches: each rank trains on 4 and validates on 2 (DistributedSampler, no padding).
 COPY = [
-    "--config", str(CONFIGS / "copy.yaml"), "--model.cell", "orthogonal", "--model.hidden_size", "12",
-    "--data.seq_len", "6", "--data.batch_size", "8", "--data.train_batches", "8", "--data.val_batches", "4",
-    "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1", *QUIET,
-]  # fmt: skip
+    "--config",
+    str(CONFIGS / "copy.yaml"),
+    *(
+        "--model.cell orthogonal --model.hidden_size 12 --data.seq_len 6 --data.batch_size 8 "
+        "--data.train_batches 8 --data.val_batches 4 --trainer.val_check_interval 4 --trainer.log_every_n_steps 1"
+    ).split(),
+    *QUIET,
+]
 
 
 class SaveRankWeights(L.Callback):
@@ -40,10 +44,16 @@ def test_two_process_ddp_keeps_ranks_identical_and_syncs_validation(tmp_path):
     root = tmp_path / "ddp"
     saver = {"class_path": "test_ddp.SaveRankWeights", "init_args": {"dirpath": str(tmp_path)}}
     command = [
-        sys.executable, "-m", "seqmem.cli", "fit", *COPY, "--trainer.default_root_dir", str(root),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_steps", "4", f"--trainer.callbacks+={json.dumps(saver)}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "seqmem.cli",
+        "fit",
+        *COPY,
+        "--trainer.default_root_dir",
+        str(root),
+        *"--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp --trainer.max_steps 4".split(),
+        f"--trainer.callbacks+={json.dumps(saver)}",
+    ]
     paths = [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -60,7 +70,9 @@ def test_two_process_ddp_keeps_ranks_identical_and_syncs_validation(tmp_path):
     version = root / "lightning_logs" / "version_0"
     logged = EventAccumulator(str(version)).Reload().Scalars("val/loss")[-1].value
     ckpt = version / "checkpoints" / "last.ckpt"
-    single = run_cli(["validate", *COPY, "--trainer.default_root_dir", str(tmp_path / "single"), "--ckpt_path", str(ckpt)])
+    single = run_cli(
+        ["validate", *COPY, "--trainer.default_root_dir", str(tmp_path / "single"), "--ckpt_path", str(ckpt)]
+    )
     assert logged == float(single.trainer.callback_metrics["val/loss"])
     trained = torch.load(ckpt, weights_only=True)["state_dict"]
     for name, value in rank0.items():

@@ -18,6 +18,7 @@ from seqmem.callbacks import (
     ClippingEvents,
     GradientNorms,
     InputSensitivity,
+    NonFiniteGuard,
     RecurrentSpectrum,
     TimestepGradients,
     gradient_horizon,
@@ -111,7 +112,7 @@ def test_probe_leaves_existing_training_gradients_untouched() -> None:
     before = [p.grad.clone() for p in model.parameters()]
     timestep_grad_norms(model, batch["x"], batch["y"])
     input_sensitivity(model, batch["x"], projections=2)
-    for grad, p in zip(before, model.parameters()):
+    for grad, p in zip(before, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, grad, rtol=0, atol=0)
 
 
@@ -217,12 +218,16 @@ def test_spectral_summary_of_a_matrix_with_known_eigenvalues() -> None:
 def stub_trainer(root: Path, log_every_n_steps: int) -> SimpleNamespace:
     """What the clipping callback reads from a Trainer, with a real TensorBoard logger."""
     return SimpleNamespace(
-        global_step=0, log_every_n_steps=log_every_n_steps, is_global_zero=True,
+        global_step=0,
+        log_every_n_steps=log_every_n_steps,
+        is_global_zero=True,
         loggers=[TensorBoardLogger(str(root), name="", version="")],
-    )  # fmt: skip
+    )
 
 
-def run_clipping(root: Path, grads: list[torch.Tensor], clip: float, algorithm: str, log_every: int) -> EventAccumulator:
+def run_clipping(
+    root: Path, grads: list[torch.Tensor], clip: float, algorithm: str, log_every: int
+) -> EventAccumulator:
     """Feed one known gradient per optimizer step to ClippingEvents and read its events back."""
     param = nn.Parameter(torch.zeros_like(grads[0]))
     optimizer = torch.optim.SGD([param], lr=0.1)
@@ -243,7 +248,13 @@ def test_norm_clipping_is_counted_on_every_step_and_read_on_logging_steps(tmp_pa
     grads = [n * torch.tensor([0.6, 0.8]) for n in norms]
     acc = run_clipping(tmp_path, grads, clip=1.0, algorithm="norm", log_every=5)
     value = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
-    assert set(value) == {"clip/pre_norm", "clip/post_norm", "clip/clipped", "clip/clipped_steps", "clip/clipped_fraction"}
+    assert set(value) == {
+        "clip/pre_norm",
+        "clip/post_norm",
+        "clip/clipped",
+        "clip/clipped_steps",
+        "clip/clipped_fraction",
+    }
     assert all([e.step for e in events_] == [4] for events_ in value.values()), "only step 4 is a logging step"
     assert value["clip/pre_norm"][0].value == pytest.approx(5.0)
     assert value["clip/post_norm"][0].value == pytest.approx(1.0)
@@ -278,18 +289,32 @@ def all_diagnostics(every_n_steps: int) -> list[L.Callback]:
 
 
 def fit(
-    root: Path, callbacks: list[L.Callback], max_steps: int = 20, clip: float = 1e-3, devices: int = 1, **model
+    root: Path,
+    callbacks: list[L.Callback],
+    max_steps: int = 20,
+    clip: float = 1e-3,
+    devices: int = 1,
+    log_every_n_steps: int = 5,
+    **model,
 ) -> SequenceModel:
     """A short real fit on copy (T = 30) with a 2-layer model, logging every 5 steps under ``root``."""
     L.seed_everything(0)
     data = CopyData(seq_len=10, batch_size=16)
     module = SequenceModel(data.spec, hidden_size=12, num_layers=2, embedding_size=6, **model)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-        max_steps=max_steps, log_every_n_steps=5, gradient_clip_val=clip, callbacks=callbacks,
-        default_root_dir=str(root), limit_val_batches=0, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=max_steps,
+        log_every_n_steps=log_every_n_steps,
+        gradient_clip_val=clip,
+        callbacks=callbacks,
+        default_root_dir=str(root),
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, data)
     return module
 
@@ -345,9 +370,46 @@ def test_orthogonal_fit_logs_its_distance_from_orthogonality(tmp_path: Path) -> 
 def test_probes_do_not_change_training(tmp_path: Path) -> None:
     # Dropout between the layers: a probe that left the model in eval mode, consumed the global random
     # stream or wrote into .grad would change the trained weights.
-    probes = [TimestepGradients(every_n_steps=1, probe_batch_size=4), InputSensitivity(every_n_steps=1, probe_batch_size=4)]
+    probes = [
+        TimestepGradients(every_n_steps=1, probe_batch_size=4),
+        InputSensitivity(every_n_steps=1, probe_batch_size=4),
+    ]
     with_probes = fit(tmp_path / "on", probes, max_steps=6, cell="lstm", dropout=0.3)
     without = fit(tmp_path / "off", [], max_steps=6, cell="lstm", dropout=0.3)
-    for a, b in zip(with_probes.parameters(), without.parameters()):
+    for a, b in zip(with_probes.parameters(), without.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert events(tmp_path / "on" / "lightning_logs" / "version_0").Scalars("grad_time/layer0/final")
+
+
+def test_log_every_n_steps_0_silences_every_per_step_tag_but_not_the_periodic_ones(tmp_path: Path) -> None:
+    # One rule for logging steps: 0 logs nothing per step (as in Lightning), for the guard too.
+    fit(tmp_path, [*all_diagnostics(10), NonFiniteGuard()], max_steps=11, cell="lstm", log_every_n_steps=0)
+    tags = set(events(tmp_path / "lightning_logs" / "version_0").Tags()["scalars"])
+    assert not any(tag.startswith(("grad_norm/", "clip/", "nonfinite/", "train/")) for tag in tags), tags
+    assert {"spectral/layer0/f/radius", "grad_time/layer0/horizon", "sensitivity/horizon"} <= tags
+
+
+def test_a_module_without_what_the_diagnostics_read_is_refused_by_name(tmp_path: Path) -> None:
+    class Plain(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(2, 1)  # a net, but none of the rest
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch["x"][:, -1]).squeeze(-1).sub(batch["y"]).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        max_steps=1,
+        callbacks=[GradientNorms()],
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    with pytest.raises(TypeError, match="Plain lacks clip_settings, embed, forward_steps, head, loss, task$"):
+        trainer.fit(Plain(), AddingData(seq_len=4, batch_size=2, train_batches=1))

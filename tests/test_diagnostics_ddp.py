@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from test_diagnostics import LIGHTNING_TAGS, all_diagnostics, expected_tags, fit
 
 

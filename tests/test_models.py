@@ -58,9 +58,9 @@ def test_fused_path_equals_step_path_with_gradients(cell, options):
     fused_out, fused_final, fused_grads = run(net.forward)
     step_out, step_final, step_grads = run(net.forward_steps)
     torch.testing.assert_close(step_out, fused_out, atol=1e-5, rtol=1e-5)
-    for step, fused in zip(step_final, fused_final):
+    for step, fused in zip(step_final, fused_final, strict=True):
         torch.testing.assert_close(step, fused, atol=1e-5, rtol=1e-5)
-    for step, fused in zip(step_grads, fused_grads):
+    for step, fused in zip(step_grads, fused_grads, strict=True):
         torch.testing.assert_close(step, fused, atol=1e-5, rtol=1e-5)
 
 
@@ -98,7 +98,7 @@ def test_step_path_equals_a_fresh_torch_module_with_copied_weights(cell):
     ref_out, ref_final = reference(x, state)
     out, final, _ = net.forward_steps(x, state)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
-    for ours, theirs in zip(state_tensors(final), state_tensors(ref_final)):
+    for ours, theirs in zip(state_tensors(final), state_tensors(ref_final), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from seqmem.errors import ConfigError
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData
 
@@ -24,9 +25,13 @@ def group_of(optimizer: torch.optim.Optimizer) -> dict[int, list[int]]:
 @pytest.mark.parametrize("activation", ["tanh", "modrelu"])
 def test_orthogonal_skew_parameters_get_their_own_learning_rate(activation):
     model = SequenceModel(
-        COPY, cell="orthogonal", num_layers=2, activation=activation, orthogonal_lr_scale=0.25,
+        COPY,
+        cell="orthogonal",
+        num_layers=2,
+        activation=activation,
+        orthogonal_lr_scale=0.25,
         optimizer=partial(torch.optim.RMSprop, lr=0.04),
-    )  # fmt: skip
+    )
     optimizer = model.configure_optimizers()
     groups = group_of(optimizer)
     named = dict(model.named_parameters())
@@ -64,9 +69,14 @@ def train_adding(seed: int, max_steps: int, **model_args) -> tuple[SequenceModel
     data = AddingData(seq_len=20, batch_size=64, train_batches=max_steps, val_batches=4, seed=seed)
     model = SequenceModel(data.spec, **model_args)
     trainer = L.Trainer(
-        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
     trainer.fit(model, data)
     return model, trainer
 
@@ -87,8 +97,26 @@ def test_seeded_runs_are_reproducible(cell):
 
 def test_lstm_learns_adding_with_t20():
     # Closed-form yardstick: predicting the mean scores Var(U1 + U2) = 1/6; < 0.05 means it remembers.
-    model, trainer = train_adding(
-        0, 400, cell="lstm", hidden_size=32, optimizer=partial(torch.optim.Adam, lr=0.01)
-    )
+    model, trainer = train_adding(0, 400, cell="lstm", hidden_size=32, optimizer=partial(torch.optim.Adam, lr=0.01))
     assert trainer.callback_metrics["val/baseline"].item() == pytest.approx(1 / 6)
     assert trainer.callback_metrics["val/loss"].item() < 0.05
+
+
+def test_a_python_trainer_that_clips_beside_the_model_is_refused_before_training():
+    # The check lives in the module's on_fit_start, so a Trainer built in Python is guarded, not only the CLI.
+    data = AddingData(seq_len=5, batch_size=4, train_batches=2, val_batches=1)
+    model = SequenceModel(data.spec, cell="lstm", hidden_size=4, gradient_clip_val=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(
+        max_steps=2,
+        gradient_clip_val=0.5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(ConfigError, match="--trainer.gradient_clip_val null"):
+        trainer.fit(model, data)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

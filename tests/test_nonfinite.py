@@ -30,10 +30,17 @@ class GradNorms(L.Callback):
 
 def trainer_for(root: Path, max_steps: int, callbacks: list, logger: Optional[TensorBoardLogger] = None) -> L.Trainer:
     return L.Trainer(
-        max_steps=max_steps, default_root_dir=root, logger=logger or False, callbacks=callbacks,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        accelerator="cpu", log_every_n_steps=1,
-    )  # fmt: skip
+        max_steps=max_steps,
+        default_root_dir=root,
+        logger=logger or False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+        log_every_n_steps=1,
+    )
 
 
 @pytest.mark.parametrize("tbptt_steps", [None, 10])
@@ -70,7 +77,11 @@ def test_exploding_vanilla_rnn_is_skipped_counted_and_stopped(tmp_path, tbptt_st
     logger.experiment.flush()
     events = EventAccumulator(str(tmp_path)).Reload()
     skipped = events.Scalars("nonfinite/skipped")
-    assert [(e.step, e.value) for e in skipped if e.value > 0] == [(first_bad, 1.0), (first_bad + 1, 2.0), (first_bad + 2, 3.0)]
+    assert [(e.step, e.value) for e in skipped if e.value > 0] == [
+        (first_bad, 1.0),
+        (first_bad + 1, 2.0),
+        (first_bad + 2, 3.0),
+    ]
 
 
 def test_one_nonfinite_update_is_skipped_without_touching_adam_and_training_goes_on(tmp_path):
@@ -88,7 +99,10 @@ def test_one_nonfinite_update_is_skipped_without_touching_adam_and_training_goes
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             optimizer = trainer.optimizers[0]
-            snapshots[trainer.global_step] = (copy.deepcopy(pl_module.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            snapshots[trainer.global_step] = (
+                copy.deepcopy(pl_module.state_dict()),
+                copy.deepcopy(optimizer.state_dict()),
+            )
 
     guard = NonFiniteGuard(max_consecutive=2)
     trainer_for(tmp_path, 5, [Poison(), guard]).fit(model, data)

@@ -1,5 +1,6 @@
 """Task generators and datamodules: shapes, exact targets, seeding, baselines and config errors."""
 
+import itertools
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,7 +134,7 @@ def test_agreement_labels_attractors_and_padding(agreement):
     fillers = set(words_of(dm, lex.fillers))
     # counts[label][object is plural]: intervening pronouns must carry no information about the label.
     counts = {0: [0, 0], 1: [0, 0]}
-    for row, label in zip(x, y.tolist()):
+    for row, label in zip(x, y.tolist(), strict=True):
         words = words_of(dm, row)
         length = sum(w != "<pad>" for w in words)
         assert 6 <= length <= 12
@@ -161,7 +162,7 @@ def test_agreement_context_clauses_agree(agreement):
         words = words_of(agreement, row)
         assert words[-2] == ","  # the subject follows a finished clause
         subjects = set(words_of(agreement, lex.subjects))
-        for pronoun, verb in zip(words, words[1:]):
+        for pronoun, verb in itertools.pairwise(words):
             if pronoun in subjects:
                 assert base_of[verb] == ("3sg" if pronoun in {"he", "she", "it"} else "base")
 
@@ -176,7 +177,7 @@ def test_agreement_balance_buckets_and_spec(agreement):
     # The distance is recoverable from the bucket: the subject sits in [2^b, 2^(b+1)) from the end.
     x, bucket = batch["x"], batch["bucket"]
     subjects = set(agreement.lexicon.subjects.tolist())
-    for row, b in zip(x[:200], bucket[:200].tolist()):
+    for row, b in zip(x[:200], bucket[:200].tolist(), strict=True):
         window = row.flip(0)[2**b - 1 : 2 ** (b + 1) - 1].tolist()
         assert any(t in subjects for t in window)
     assert set(bucket.tolist()) == {0, 1, 2, 3}
@@ -224,7 +225,7 @@ def test_lm_char_windows_are_contiguous(shakespeare):
     windows = list(shakespeare.train_dataloader())
     stream_len = cut // 8
     assert len(windows) == (stream_len - 1) // 50
-    for a, b in zip(windows[:3], windows[1:4]):
+    for a, b in zip(windows[:3], windows[1:4], strict=True):
         assert a["x"].shape == (8, 50) and a["x"].dtype == torch.long
         assert torch.equal(a["y"][:, :-1], a["x"][:, 1:])  # y is x shifted by one
         assert torch.equal(a["y"][:, -1], b["x"][:, 0])  # window i+1 continues window i

@@ -42,7 +42,7 @@ def test_k_at_least_T_gives_the_full_bptt_gradient(cell, spec, k):
     updates = list(cut.tbptt_chunks(x, y))
     assert len(updates) == 1
     updates[0][0].backward()
-    for (name, p), q in zip(full.named_parameters(), cut.parameters()):
+    for (name, p), q in zip(full.named_parameters(), cut.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
 
 
@@ -51,7 +51,7 @@ def test_no_gradient_crosses_a_chunk_boundary(cell):
     _, cut = twin_models(cell, PROBE, k=4)
     x, y = probe_batch(PROBE, T=10)
     starts = []
-    for start, (loss, _) in zip(range(0, 10, 4), cut.tbptt_chunks(x, y)):
+    for start, (loss, _) in zip(range(0, 10, 4), cut.tbptt_chunks(x, y), strict=True):
         (grad,) = torch.autograd.grad(loss, x)  # (B, T, I)
         per_step = grad.abs().sum(dim=(0, 2))  # (T,)
         end = min(start + 4, 10)
@@ -80,7 +80,7 @@ def test_carried_state_equals_the_uncut_forward(cell, spec):
     x, y = probe_batch(spec, T=10)
     *_, (_, state) = cut.tbptt_chunks(x, y)
     _, expected = full(x)
-    for got, want in zip(*(s if isinstance(s, tuple) else (s,) for s in (state, expected))):
+    for got, want in zip(*(s if isinstance(s, tuple) else (s,) for s in (state, expected)), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -96,16 +96,24 @@ def test_lm_state_flows_across_batches_and_global_step_counts_chunks(tmp_path):
     stateful stream must equal one uncut forward over both windows."""
     L.seed_everything(0, verbose=False)
     data = LMData(path=str(lm_text(tmp_path)), seq_len=10, batch_size=3, cache_dir=str(tmp_path / "cache"))
-    model = SequenceModel(data.spec, cell="gru", hidden_size=8, tbptt_steps=4, optimizer=partial(torch.optim.SGD, lr=0.0))
+    model = SequenceModel(
+        data.spec, cell="gru", hidden_size=8, tbptt_steps=4, optimizer=partial(torch.optim.SGD, lr=0.0)
+    )
     trainer = L.Trainer(
-        max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
     trainer.fit(model, data)
     assert trainer.global_step == 6  # 2 windows x 3 chunks (4 + 4 + 2 steps)
     streams = data.streams("train")  # (B, M)
     _, expected = model(streams[:, :20])  # the two windows, uncut
-    torch.testing.assert_close(model.carried["train"], expected)
+    torch.testing.assert_close(model.carried.get("train"), expected)
 
 
 def test_clipping_applies_to_every_chunk_update(tmp_path):
@@ -113,9 +121,13 @@ def test_clipping_applies_to_every_chunk_update(tmp_path):
     L.seed_everything(0, verbose=False)
     data = AddingData(seq_len=30, batch_size=8, train_batches=4, val_batches=1)
     model = SequenceModel(
-        data.spec, cell="vanilla", hidden_size=8, tbptt_steps=10, gradient_clip_val=1e-3,
+        data.spec,
+        cell="vanilla",
+        hidden_size=8,
+        tbptt_steps=10,
+        gradient_clip_val=1e-3,
         optimizer=partial(torch.optim.SGD, lr=1.0),
-    )  # fmt: skip
+    )
     assert model.clip_settings() == (1e-3, "norm")
     pre_clip = []
 
@@ -125,10 +137,17 @@ def test_clipping_applies_to_every_chunk_update(tmp_path):
 
     before = [p.detach().clone() for p in model.parameters()]
     trainer = L.Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[PreClip()],
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[PreClip()],
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
     trainer.fit(model, data)
-    moved = torch.nn.utils.get_total_norm([p.detach() - b for p, b in zip(model.parameters(), before)])
+    moved = torch.nn.utils.get_total_norm([p.detach() - b for p, b in zip(model.parameters(), before, strict=True)])
     assert len(pre_clip) == 1 and pre_clip[0] > 1e-2  # the callback saw the gradient before clipping
     torch.testing.assert_close(moved, torch.tensor(1e-3), rtol=1e-4, atol=0)

@@ -1,13 +1,13 @@
 """Gradient-flow diagnostics as Lightning callbacks, one file each; all write to TensorBoard.
 
-    trainer:
-      callbacks:
-        - class_path: seqmem.callbacks.GradientNorms
-        - class_path: seqmem.callbacks.TimestepGradients
-          init_args: {every_n_steps: 200}
+trainer:
+  callbacks:
+    - class_path: seqmem.callbacks.GradientNorms
+    - class_path: seqmem.callbacks.TimestepGradients
+      init_args: {every_n_steps: 200}
 """
 
-from seqmem.callbacks.base import Diagnostic, ProbeDiagnostic, gradient_horizon
+from seqmem.callbacks.base import Diagnosable, Diagnostic, PeriodicDiagnostic, ProbeDiagnostic, gradient_horizon
 from seqmem.callbacks.clipping import ClippingEvents
 from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
@@ -17,11 +17,13 @@ from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, sp
 
 __all__ = [
     "ClippingEvents",
+    "Diagnosable",
     "Diagnostic",
     "GradientNorms",
     "InputSensitivity",
     "NonFiniteError",
     "NonFiniteGuard",
+    "PeriodicDiagnostic",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
     "TimestepGradients",

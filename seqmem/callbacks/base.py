@@ -1,36 +1,74 @@
-"""What every diagnostic shares: where it writes, on which steps, the probe batch, heatmap colours.
+"""What every diagnostic shares: what it reads, where it writes, on which steps, the probe batch.
+
+When: every diagnostic measures in ``on_before_optimizer_step``. Lightning calls that hook after the
+backward pass, after the DDP all-reduce and after AMP unscaling, and *before* any clipping — its own
+Trainer clipping comes after the hook, and SequenceModel clips in its own ``on_before_optimizer_step``,
+which Lightning calls after the callbacks'. So every diagnostic sees the averaged, unscaled, pre-clip
+gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike.
+
+Steps: the x-axis is ``trainer.global_step`` at that hook, the index of the optimizer step being taken
+(it advances once per chunk under truncated BPTT). Two rules decide when a diagnostic writes:
+:func:`logging_step` — step + 1 is a multiple of ``trainer.log_every_n_steps`` (0: never), the steps on
+which Lightning logs ``train/loss`` — for the per-step diagnostics; and ``step % every_n_steps == 0``
+(:class:`PeriodicDiagnostic`) for the dearer ones, so that step 0 shows the network at initialisation.
 
 Writing: scalars and images go straight to the TensorBoard logger's ``SummaryWriter`` as
 ``add_scalar`` / ``add_image`` tags (never ``add_scalars``, which opens one writer per key), and
 only on global rank 0 — every other rank skips the work entirely, so no diagnostic adds a
 collective operation to a DDP run.
-
-Steps: the x-axis of every diagnostic is ``trainer.global_step`` at ``on_before_optimizer_step``,
-i.e. the index of the optimizer step being taken (it advances once per chunk under truncated BPTT).
-Per-step scalars are logged when ``(step + 1) % log_every_n_steps == 0`` — the same steps on which
-Lightning logs ``train/loss`` in automatic optimisation — and periodic diagnostics when
-``step % every_n_steps == 0``, so that step 0 shows the network at initialisation.
 """
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import get_protocol_members, override
 
 from seqmem.errors import require
+from seqmem.models import RecurrentNet
+from seqmem.tasks.spec import TaskSpec
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    """What the diagnostics read from the LightningModule they watch; :class:`~seqmem.module.SequenceModel`
+    provides all of it. Checked once per fit, by the first diagnostic, with an error naming what is missing."""
+
+    net: RecurrentNet  # layers, their parameters by role, W_h, the step-by-step path
+    embed: nn.Module  # token ids -> vectors (nn.Identity for continuous inputs)
+    head: nn.Module
+    task: TaskSpec
+
+    def forward_steps(self, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]: ...
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor: ...
+
+    def clip_settings(self) -> tuple[Optional[float], Optional[str]]: ...
+
+
+def check_diagnosable(pl_module: "L.LightningModule") -> None:
+    """Raise a TypeError naming every member of :class:`Diagnosable` that ``pl_module`` lacks."""
+    missing = sorted(name for name in get_protocol_members(Diagnosable) if not hasattr(pl_module, name))
+    if missing:
+        raise TypeError(
+            f"seqmem diagnostics need a LightningModule like seqmem.module.SequenceModel; "
+            f"{type(pl_module).__name__} lacks {', '.join(missing)}"
+        )
+
 
 # Custom-scalars layout: {category: {chart title: ["Multiline", [tag regex, ...]]}}.
 Layout = dict[str, dict[str, list]]
 
 # Viridis sampled at 0, 1/4, 1/2, 3/4, 1: perceptually ordered, readable in greyscale.
-_VIRIDIS = torch.tensor(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=torch.float32
-) / 255.0
+_VIRIDIS = (
+    torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=torch.float32)
+    / 255.0
+)
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -46,7 +84,7 @@ def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
 def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -> None:
     """``add_scalar`` every value, with a single device-to-host copy for all of them."""
     numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()  # one sync
-    for tag, number in zip(values, numbers):
+    for tag, number in zip(values, numbers, strict=True):
         writer.add_scalar(tag, number, step)
 
 
@@ -55,8 +93,9 @@ def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Paramete
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-def log_step_due(trainer: "L.Trainer") -> bool:
-    """Whether the optimizer step about to be taken is one on which Lightning flushes logs."""
+def logging_step(trainer: "L.Trainer") -> bool:
+    """Whether the optimizer step about to be taken is a logging step: the one rule every per-step
+    diagnostic and the non-finite guard follow (``log_every_n_steps`` 0 logs nothing, as in Lightning)."""
     n = trainer.log_every_n_steps
     return n > 0 and (trainer.global_step + 1) % n == 0
 
@@ -107,17 +146,22 @@ def gradient_horizon(norms: Tensor, threshold: float = 1e-3) -> Tensor:
 class Diagnostic(L.Callback):
     """Base class of the diagnostics: contributes charts to the one custom-scalars layout.
 
-    The first ``Diagnostic`` in ``trainer.callbacks`` writes the merged layout of all of them once at
-    fit start, so ``tensorboard --logdir lightning_logs`` opens organised by diagnostic and layer.
+    The first ``Diagnostic`` in ``trainer.callbacks`` checks the module against :class:`Diagnosable` and
+    writes the merged layout of all of them once at fit start, so ``tensorboard --logdir lightning_logs``
+    opens organised by diagnostic and layer.
     """
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    def layout(self, pl_module: Diagnosable) -> Layout:
         """Charts of this diagnostic: {category: {title: ["Multiline", [tag regex, ...]]}}."""
         return {}
 
+    @override
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         diagnostics = [c for c in trainer.callbacks if isinstance(c, Diagnostic)]
-        if diagnostics[0] is not self or not trainer.is_global_zero:
+        if diagnostics[0] is not self:
+            return
+        check_diagnosable(pl_module)
+        if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
         if writer is None:
@@ -130,13 +174,42 @@ class Diagnostic(L.Callback):
         writer.add_custom_scalars(layout)
 
 
-class ProbeDiagnostic(Diagnostic):
-    """A diagnostic that runs extra forward/backward passes on a fixed probe batch every N steps.
+class PeriodicDiagnostic(Diagnostic):
+    """A diagnostic too dear for every step: it measures on optimizer steps 0, N, 2N, ... (rank 0 only).
+
+    Subclasses implement :meth:`measure`.
+
+    Args:
+        every_n_steps: measure on optimizer steps 0, N, 2N, ... (weights before that step's update).
+    """
+
+    def __init__(self, every_n_steps: int):
+        super().__init__()
+        require(every_n_steps >= 1, f"every_n_steps of {type(self).__name__} must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is not None and trainer.global_step % self.every_n_steps == 0:
+            self.measure(writer, pl_module, trainer.global_step)
+
+    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
+        """Measure the module and write the tags at ``step``."""
+        raise NotImplementedError
+
+
+class ProbeDiagnostic(PeriodicDiagnostic):
+    """A periodic diagnostic that runs extra forward/backward passes on a fixed probe batch.
 
     The probe batch is the first ``probe_batch_size`` rows of the first training batch this rank
     sees, kept for the whole run so that successive probes differ only by the weights; each probe
-    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation). Probes
-    are rank-local: they run on global rank 0 only and are not reduced across ranks.
+    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation), in
+    :func:`probe_mode`. Probes are rank-local: they run on global rank 0 only and are not reduced.
+
+    Subclasses implement :meth:`probe_and_log`.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
@@ -149,14 +222,12 @@ class ProbeDiagnostic(Diagnostic):
     def __init__(
         self, every_n_steps: int, probe_batch_size: int, lags: tuple[int, ...], threshold: float, decades: float
     ):
-        super().__init__()
+        super().__init__(every_n_steps)
         name = type(self).__name__
-        require(every_n_steps >= 1, f"every_n_steps of {name} must be >= 1, got {every_n_steps}")
         require(probe_batch_size >= 1, f"probe_batch_size of {name} must be >= 1, got {probe_batch_size}")
         require(all(k >= 1 for k in lags), f"lags of {name} must all be >= 1, got {list(lags)}")
         require(0 < threshold < 1, f"threshold of {name} must be in (0, 1), got {threshold}")
         require(decades > 0, f"decades of {name} must be > 0, got {decades}")
-        self.every_n_steps = every_n_steps
         self.probe_batch_size = probe_batch_size
         self.lags = tuple(lags)
         self.threshold = threshold
@@ -173,6 +244,7 @@ class ProbeDiagnostic(Diagnostic):
         values[f"{prefix}/horizon"] = gradient_horizon(norms, self.threshold)
         return values
 
+    @override
     def on_train_batch_start(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: dict, batch_idx: int
     ) -> None:
@@ -180,19 +252,14 @@ class ProbeDiagnostic(Diagnostic):
             # Clone: the loader may reuse its buffers, and the probe must stay fixed.
             self.probe = {key: batch[key][: self.probe_batch_size].clone() for key in ("x", "y")}
 
-    def on_before_optimizer_step(
-        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
-    ) -> None:
-        step = trainer.global_step
-        writer = tensorboard_writer(trainer)
-        if writer is None or self.probe is None or step % self.every_n_steps != 0:
+    @override
+    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
+        if self.probe is None:
             return
         with probe_mode(pl_module):
             self.probe_and_log(writer, pl_module, self.probe["x"], self.probe["y"], step)
 
-    def probe_and_log(
-        self, writer: SummaryWriter, pl_module: "L.LightningModule", x: Tensor, y: Tensor, step: int
-    ) -> None:
+    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         """Run the probe on (x, y) and write its tags at ``step``."""
         raise NotImplementedError
 

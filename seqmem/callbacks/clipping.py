@@ -1,11 +1,9 @@
 """Clipping events: how often, and how hard, gradient clipping acts.
 
-Counted on *every* optimizer step, in device tensors (no host sync), and read only on the steps
-Lightning logs. Measured in ``on_before_optimizer_step``, i.e. before clipping both for
-Trainer-level clipping (Lightning clips after that hook) and for manual optimisation (the module
-clips in its own ``on_before_optimizer_step``, which Lightning calls after the callbacks'). The
-clip value and algorithm come from ``pl_module.clip_settings()``; with no clipping nothing is logged.
-The gradients are the all-reduced ones, identical on every rank: global rank 0 alone counts and logs.
+Counted on *every* optimizer step, in device tensors (no host sync), and read only on logging steps.
+Measured on the pre-clip gradient (see :mod:`seqmem.callbacks.base`), so ``clip/pre_norm`` is what
+clipping saw. The clip value and algorithm come from ``pl_module.clip_settings()``; with no clipping
+nothing is logged. The gradients are identical on every rank: global rank 0 alone counts and logs.
 """
 
 from typing import Any, Optional
@@ -13,11 +11,13 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from seqmem.callbacks.base import (
+    Diagnosable,
     Diagnostic,
     Layout,
-    log_step_due,
+    logging_step,
     params_with_grad,
     tensorboard_writer,
     write_scalars,
@@ -42,7 +42,8 @@ class ClippingEvents(Diagnostic):
         self.entries = 0
         self.clipped_entries: Optional[Tensor] = None  # ()
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         return {
             "clip": {
                 "norm before / after clipping": ["Multiline", [r"clip/(pre|post)_norm"]],
@@ -51,6 +52,7 @@ class ClippingEvents(Diagnostic):
             }
         }
 
+    @override
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
@@ -62,7 +64,9 @@ class ClippingEvents(Diagnostic):
         pre = torch.nn.utils.get_total_norm(grads)  # () on device
         # Counters live on the gradients' device (a restored checkpoint brings them back on the CPU).
         self.clipped_steps = pre.new_zeros(()) if self.clipped_steps is None else self.clipped_steps.to(pre.device)
-        self.clipped_entries = pre.new_zeros(()) if self.clipped_entries is None else self.clipped_entries.to(pre.device)
+        self.clipped_entries = (
+            pre.new_zeros(()) if self.clipped_entries is None else self.clipped_entries.to(pre.device)
+        )
         if algorithm == "value":
             clipped_now = torch.stack([(g.abs() > clip).sum() for g in grads]).sum()  # () entries over the bound
             numel = sum(g.numel() for g in grads)
@@ -73,7 +77,7 @@ class ClippingEvents(Diagnostic):
             step_clipped = pre > clip
         self.steps += 1
         self.clipped_steps += step_clipped
-        if not log_step_due(trainer):
+        if not logging_step(trainer):
             return
         values = {
             "clip/pre_norm": pre,
@@ -93,6 +97,7 @@ class ClippingEvents(Diagnostic):
             return torch.nn.utils.get_total_norm([g.clamp(-clip, clip) for g in grads])
         return pre.clamp(max=clip)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # Cumulative counts survive a resume from checkpoint (read at checkpoint time only).
         zero = torch.zeros(())
@@ -103,6 +108,7 @@ class ClippingEvents(Diagnostic):
             "clipped_entries": (self.clipped_entries if self.clipped_entries is not None else zero).item(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = state_dict["steps"]
         self.entries = state_dict["entries"]

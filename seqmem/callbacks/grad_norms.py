@@ -1,19 +1,18 @@
 """Gradient norms per layer and per parameter role, plus the total, before clipping.
 
-Measured in ``on_before_optimizer_step``: Lightning calls it after the backward pass, after the DDP
-all-reduce and after AMP unscaling, and *before* it clips (and before a manually optimised module
-clips in its own ``on_before_optimizer_step``, which Lightning calls after the callbacks'). The
-gradients there are the averaged ones, identical on every rank, so rank 0 alone logs them.
+Measured on the averaged, unscaled, pre-clip gradient (see :mod:`seqmem.callbacks.base`), identical on
+every rank, so rank 0 alone logs them.
 """
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnostic, Layout, log_step_due, tensorboard_writer, write_scalars
+from seqmem.callbacks.base import Diagnosable, Diagnostic, Layout, logging_step, tensorboard_writer, write_scalars
 
 
-def parameter_tags(pl_module: "L.LightningModule") -> dict[str, nn.Parameter]:
+def parameter_tags(pl_module: Diagnosable) -> dict[str, nn.Parameter]:
     """``grad_norm/<group>/<role>`` of every trainable parameter.
 
     Recurrent layers use their roles from ``net.layer_parameters`` (W_in, W_h, b_in, b_h, ...); the
@@ -39,7 +38,7 @@ def gradient_norms(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
     """L2 norm of each parameter's gradient (0 where it has none) and ``grad_norm/total``, on device."""
     grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
     norms = torch._foreach_norm(grads)  # one batched kernel for all of them
-    values = dict(zip(params, norms))
+    values = dict(zip(params, norms, strict=True))
     values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms))
     return values
 
@@ -52,17 +51,19 @@ class GradientNorms(Diagnostic):
     same on every rank.
     """
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         charts = {"total": ["Multiline", ["grad_norm/total"]]}
         for layer in range(pl_module.net.num_layers):
             charts[f"layer{layer}"] = ["Multiline", [rf"grad_norm/layer{layer}/.*"]]
         charts["embedding and head"] = ["Multiline", [r"grad_norm/(embedding|head)/.*"]]
         return {"grad_norm": charts}
 
+    @override
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
         writer = tensorboard_writer(trainer)
-        if writer is None or not log_step_due(trainer):
+        if writer is None or not logging_step(trainer):
             return
         write_scalars(writer, gradient_norms(parameter_tags(pl_module)), trainer.global_step)

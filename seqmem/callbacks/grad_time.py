@@ -10,18 +10,18 @@ untouched (no ``.backward()``, and no parameter among the inputs, so no weight g
 
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
 
-from seqmem.callbacks.base import Layout, ProbeDiagnostic, gradient_horizon, norm_heatmap, write_scalars
-from seqmem.errors import require
+from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, norm_heatmap, write_scalars
+from seqmem.errors import require_choice
 
 ProbeLoss = Literal["last", "task"]
 
 
-def probe_loss(pl_module: "L.LightningModule", pred: Tensor, y: Tensor, loss: ProbeLoss) -> Tensor:
+def probe_loss(pl_module: Diagnosable, pred: Tensor, y: Tensor, loss: ProbeLoss) -> Tensor:
     """The probe's loss: "task" is the training loss; "last" the final-step loss L_T alone.
 
     For tasks read out at the last step only, the two coincide; for readout "all" tasks (copy, lm)
@@ -33,7 +33,7 @@ def probe_loss(pl_module: "L.LightningModule", pred: Tensor, y: Tensor, loss: Pr
     return pl_module.loss(pred, y)
 
 
-def timestep_grad_norms(pl_module: "L.LightningModule", x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
+def timestep_grad_norms(pl_module: Diagnosable, x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
     """‖dL/dh_t‖ of every layer and step, the norm taken over the batch and hidden units.
 
     Args:
@@ -79,10 +79,11 @@ class TimestepGradients(ProbeDiagnostic):
         decades: float = 8.0,
     ):
         super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
-        require(loss in ("last", "task"), f"loss of TimestepGradients must be last or task, got {loss!r}")
+        require_choice(loss, ProbeLoss, "loss of TimestepGradients")
         self.loss = loss
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         charts = {
             "gradient horizon": ["Multiline", [r"grad_time/layer\d+/horizon"]],
             "final-step gradient": ["Multiline", [r"grad_time/layer\d+/final"]],
@@ -91,9 +92,8 @@ class TimestepGradients(ProbeDiagnostic):
             charts[f"layer{layer} ratio at lags"] = ["Multiline", [rf"grad_time/layer{layer}/ratio_lag\d+"]]
         return {"grad_time": charts}
 
-    def probe_and_log(
-        self, writer: SummaryWriter, pl_module: "L.LightningModule", x: Tensor, y: Tensor, step: int
-    ) -> None:
+    @override
+    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         norms = timestep_grad_norms(pl_module, x, y, self.loss).detach()  # (L, T)
         values = {}
         for layer, curve in enumerate(norms):

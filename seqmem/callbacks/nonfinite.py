@@ -1,8 +1,8 @@
 """Non-finite guard: skip any update whose gradient holds a NaN or an inf, stop after too many in a row.
 
 A NaN loss backpropagates into NaN gradients, so checking the gradient covers the loss too. The check
-runs in ``on_before_optimizer_step`` — after backward, the DDP all-reduce and the AMP unscale, before
-clipping and the optimizer — in automatic and manual (truncated BPTT) optimisation alike. A skipped
+runs in ``on_before_optimizer_step``, on the gradient the diagnostics see (see :mod:`seqmem.callbacks.base`),
+before clipping and the optimizer, in automatic and manual (truncated BPTT) optimisation alike. A skipped
 update sets every gradient to None: torch optimizers leave a parameter with no gradient untouched
 (no step, no moment update, no step count), so a skipped update leaves no trace in the weights.
 
@@ -14,8 +14,9 @@ from typing import Optional
 
 import lightning as L
 import torch
+from typing_extensions import override
 
-from seqmem.callbacks.base import params_with_grad
+from seqmem.callbacks.base import logging_step, params_with_grad
 from seqmem.errors import require
 
 
@@ -42,6 +43,7 @@ class NonFiniteGuard(L.Callback):
         self.last_finite_norm: Optional[torch.Tensor] = None  # () on the device; read only to report
         self.last_finite_step: Optional[int] = None
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         params = params_with_grad(optimizer)
         if not params:
@@ -51,14 +53,15 @@ class NonFiniteGuard(L.Callback):
         if bool(norm.isfinite()):  # the one host sync per update
             self.consecutive = 0
             self.last_finite_norm, self.last_finite_step = norm.detach(), step
-            if (step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            if logging_step(trainer):
                 self._log(trainer, step)
             return
         for p in params:
             p.grad = None
         self.skipped += 1
         self.consecutive += 1
-        self._log(trainer, step)
+        if logging_step(trainer):
+            self._log(trainer, step)
         if self.consecutive >= self.max_consecutive:
             last = (
                 f"{self.last_finite_norm.item():.4g} at step {self.last_finite_step}"
@@ -75,6 +78,7 @@ class NonFiniteGuard(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"nonfinite/skipped": float(self.skipped)}, step=step)
 
+    @override
     def state_dict(self) -> dict:
         norm = None if self.last_finite_norm is None else self.last_finite_norm.item()
         return {
@@ -84,6 +88,7 @@ class NonFiniteGuard(L.Callback):
             "last_finite_step": self.last_finite_step,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped, self.consecutive = state_dict["skipped"], state_dict["consecutive"]
         norm = state_dict["last_finite_norm"]

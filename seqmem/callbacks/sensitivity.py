@@ -6,16 +6,16 @@ v ~ N(0, I), E‖vᵀ ∂h_T/∂x_ℓ‖² = ‖∂h_T/∂x_ℓ‖_F² — so on
 x_ℓ is the *embedded* input (the embedding output for token tasks, the features otherwise).
 """
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
 
-from seqmem.callbacks.base import Layout, ProbeDiagnostic, norm_heatmap, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, norm_heatmap, write_scalars
 from seqmem.errors import require
 
 
-def input_sensitivity(pl_module: "L.LightningModule", x: Tensor, projections: int, seed: int = 0) -> Tensor:
+def input_sensitivity(pl_module: Diagnosable, x: Tensor, projections: int, seed: int = 0) -> Tensor:
     """Estimated ‖∂h_T/∂x_ℓ‖_F of the last layer's final state, for every position ℓ.
 
     One step-by-step forward, then one ``autograd.grad`` batched over the ``projections`` Gaussian
@@ -73,7 +73,8 @@ class InputSensitivity(ProbeDiagnostic):
         require(projections >= 1, f"projections of InputSensitivity must be >= 1, got {projections}")
         self.projections = projections
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         return {
             "sensitivity": {
                 "ratio at lags": ["Multiline", [r"sensitivity/ratio_lag\d+"]],
@@ -82,9 +83,8 @@ class InputSensitivity(ProbeDiagnostic):
             }
         }
 
-    def probe_and_log(
-        self, writer: SummaryWriter, pl_module: "L.LightningModule", x: Tensor, y: Tensor, step: int
-    ) -> None:
+    @override
+    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         norms = input_sensitivity(pl_module, x, self.projections).detach()  # (T,)
         write_scalars(writer, self.summarise("sensitivity", norms), step)
         writer.add_image("sensitivity/heatmap", norm_heatmap(norms[None], self.decades), step)

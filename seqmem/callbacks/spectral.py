@@ -7,13 +7,12 @@ numerical drift has taken it from orthogonality. Eigenvalues synchronise with th
 this runs every N steps only. Weights are identical on every rank: global rank 0 alone logs.
 """
 
-import lightning as L
 import torch
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnostic, Layout, tensorboard_writer, write_scalars
-from seqmem.errors import require
-from seqmem.models import OrthogonalRNN
+from seqmem.callbacks.base import Diagnosable, Layout, PeriodicDiagnostic, write_scalars
 
 
 def spectral_summary(matrix: Tensor) -> dict[str, Tensor]:
@@ -29,42 +28,39 @@ def orthogonality_error(matrix: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(w.T @ w - torch.eye(w.shape[0], device=w.device))
 
 
-class RecurrentSpectrum(Diagnostic):
+class RecurrentSpectrum(PeriodicDiagnostic):
     """Logs ``spectral/layer<l>[/<gate>]/{radius,sigma_max,sigma_min}`` every N optimizer steps, and
-    ``spectral/layer<l>/orthogonality_error`` for the orthogonal cell.
+    ``spectral/layer<l>/orthogonality_error`` for a net whose W_h is kept orthogonal.
 
     Args:
         every_n_steps: measure on optimizer steps 0, N, 2N, ... (weights before that step's update).
     """
 
     def __init__(self, every_n_steps: int = 100):
-        super().__init__()
-        require(every_n_steps >= 1, f"every_n_steps of RecurrentSpectrum must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         charts = {}
         for layer in range(pl_module.net.num_layers):
             charts[f"layer{layer} spectral radius"] = ["Multiline", [rf"spectral/layer{layer}/(.*/)?radius"]]
             charts[f"layer{layer} singular values"] = ["Multiline", [rf"spectral/layer{layer}/(.*/)?sigma_.*"]]
-        if isinstance(pl_module.net, OrthogonalRNN):
+        if pl_module.net.orthogonal:
             charts["distance from orthogonality"] = ["Multiline", [r"spectral/layer\d+/orthogonality_error"]]
         return {"spectral": charts}
 
-    def on_before_optimizer_step(
-        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
-    ) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or trainer.global_step % self.every_n_steps != 0:
-            return
+    @override
+    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
         net = pl_module.net
         values = {}
         with torch.no_grad():
-            matrices = net.recurrent_matrices()  # the orthogonal cell's W_h is computed here, once
+            matrices = net.recurrent_matrices()  # an orthogonal W_h is computed here, once
             for name, block in matrices.items():
                 for key, value in spectral_summary(block).items():
                     values[f"spectral/{name}/{key}"] = value
-            if isinstance(net, OrthogonalRNN):  # one gate block per layer, named "layer<l>"
+            if net.orthogonal:  # one gate block per layer, named "layer<l>"
                 for layer in range(net.num_layers):
-                    values[f"spectral/layer{layer}/orthogonality_error"] = orthogonality_error(matrices[f"layer{layer}"])
-        write_scalars(writer, values, trainer.global_step)
+                    values[f"spectral/layer{layer}/orthogonality_error"] = orthogonality_error(
+                        matrices[f"layer{layer}"]
+                    )
+        write_scalars(writer, values, step)

@@ -13,16 +13,14 @@ Two paths, one set of parameters:
 A test keeps the two paths equal for every cell.
 """
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import require
-
-# Torch's convention: a (num_layers, B, H) tensor, or an (h, c) pair of them for the LSTM.
-State = Union[Tensor, tuple[Tensor, Tensor]]
+from seqmem.models.state import State, state_from_parts, state_parts
 
 
 class RecurrentNet(nn.Module):
@@ -42,6 +40,8 @@ class RecurrentNet(nn.Module):
     gate_names: tuple[str, ...] = ("",)
     #: Tensors in one layer's state: 1 (h) or 2 (h, c).
     state_size: int = 1
+    #: W_h is kept exactly orthogonal; the spectral diagnostic then also logs its distance from orthogonality.
+    orthogonal: bool = False
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()
@@ -74,6 +74,10 @@ class RecurrentNet(nn.Module):
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
         """The trainable tensors of one layer by role (W_in, W_h, b_in, b_h...) for diagnostics."""
         raise NotImplementedError
+
+    def orthogonal_parameters(self) -> list[nn.Parameter]:
+        """The parameters behind an orthogonal W_h, which train at their own learning rate; none by default."""
+        return []
 
     # ---- shared machinery ---------------------------------------------------------------------
     def forward_steps(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State, list[list[Tensor]]]:
@@ -114,7 +118,7 @@ class RecurrentNet(nn.Module):
         matrices = {}
         for layer in range(self.num_layers):
             w_h = self.layer_weights(layer)[1]  # (gates*H, H)
-            for gate, block in zip(self.gate_names, w_h.chunk(len(self.gate_names), dim=0)):
+            for gate, block in zip(self.gate_names, w_h.chunk(len(self.gate_names), dim=0), strict=True):
                 matrices[f"layer{layer}/{gate}" if gate else f"layer{layer}"] = block
         return matrices
 
@@ -123,13 +127,13 @@ class RecurrentNet(nn.Module):
         if state is None:
             zeros = like.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
             state = zeros if self.state_size == 1 else (zeros, zeros)
-        parts = (state,) if self.state_size == 1 else state
+        parts = state_parts(state)
         return [tuple(p[layer] for p in parts) for layer in range(self.num_layers)]
 
     def _pack(self, layer_states: list[tuple[Tensor, ...]]) -> State:
         """One tuple per layer -> torch-format state."""
         parts = tuple(torch.stack([s[i] for s in layer_states]) for i in range(self.state_size))  # (L, B, H)
-        return parts[0] if self.state_size == 1 else parts
+        return state_from_parts(parts)
 
 
 class TorchRecurrentNet(RecurrentNet):
@@ -144,4 +148,4 @@ class TorchRecurrentNet(RecurrentNet):
         return tuple(getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
-        return dict(zip(("W_in", "W_h", "b_in", "b_h"), self.layer_weights(layer)))
+        return dict(zip(("W_in", "W_h", "b_in", "b_h"), self.layer_weights(layer), strict=True))

@@ -11,15 +11,22 @@ Conventions: torch's Cayley map is (I + S/2)(I - S/2)^{-1} with S = A - Aᵀ; th
 """
 
 import math
-from typing import Literal
+from typing import Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from seqmem.errors import require
-from seqmem.models.base import RecurrentNet, State
+from seqmem.errors import require_choice
+from seqmem.models.base import RecurrentNet
+from seqmem.models.state import State
+
+# The allowed values of the cell's options, defined once: SequenceModel's signature (and so --help) and the
+# checks below use these aliases.
+Activation = Literal["tanh", "modrelu"]
+OrthogonalInit = Literal["henaff", "cayley", "random"]
+OrthogonalMap = Literal["cayley", "matrix_exp"]
 
 
 def henaff_matrix(n: int) -> Tensor:
@@ -49,7 +56,8 @@ def random_orthogonal_matrix(n: int) -> Tensor:
     return nn.init.orthogonal_(torch.empty(n, n))
 
 
-ORTHOGONAL_INITS = {"random": random_orthogonal_matrix, "henaff": henaff_matrix, "cayley": cayley_init_matrix}
+ORTHOGONAL_INITS = {"henaff": henaff_matrix, "cayley": cayley_init_matrix, "random": random_orthogonal_matrix}
+assert tuple(ORTHOGONAL_INITS) == get_args(OrthogonalInit), "one init function per OrthogonalInit value"
 
 
 def modrelu(z: Tensor, bias: Tensor) -> Tensor:
@@ -60,8 +68,8 @@ def modrelu(z: Tensor, bias: Tensor) -> Tensor:
 class OrthogonalRNN(RecurrentNet):
     """RNN whose recurrent matrix stays exactly orthogonal (expRNN / scoRNN family).
 
-    The skew-symmetric parameters behind W_h are the ones named ``...parametrizations...original``;
-    SequenceModel gives them their own learning rate (``model.orthogonal_lr_scale``).
+    The skew-symmetric parameters behind W_h (:meth:`orthogonal_parameters`) train at their own learning
+    rate (``model.orthogonal_lr_scale``).
 
     Args:
         input_size: features per time step of the input.
@@ -78,30 +86,28 @@ class OrthogonalRNN(RecurrentNet):
             H = 128 on CPU, against 1.02× with Cayley's solves (scripts/benchmark_speed.py).
     """
 
+    orthogonal = True
+
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
         dropout: float = 0.0,
-        activation: Literal["tanh", "modrelu"] = "tanh",
-        orthogonal_init: Literal["henaff", "cayley", "random"] = "henaff",
-        orthogonal_map: Literal["cayley", "matrix_exp"] = "cayley",
+        activation: Activation = "tanh",
+        orthogonal_init: OrthogonalInit = "henaff",
+        orthogonal_map: OrthogonalMap = "cayley",
     ):
         super().__init__(input_size, hidden_size, num_layers, dropout)
-        require(activation in ("tanh", "modrelu"), f"model.activation must be tanh or modrelu, got {activation!r}")
-        require(
-            orthogonal_init in ORTHOGONAL_INITS,
-            f"model.orthogonal_init must be one of {sorted(ORTHOGONAL_INITS)}, got {orthogonal_init!r}",
-        )
-        require(
-            orthogonal_map in ("cayley", "matrix_exp"),
-            f"model.orthogonal_map must be cayley or matrix_exp, got {orthogonal_map!r}",
-        )
+        require_choice(activation, Activation, "model.activation")
+        require_choice(orthogonal_init, OrthogonalInit, "model.orthogonal_init")
+        require_choice(orthogonal_map, OrthogonalMap, "model.orthogonal_map")
         self.activation = activation
         bound = 1 / math.sqrt(hidden_size)  # nn.RNN's init for the input weights
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.weight_ih = nn.ParameterList(nn.Parameter(torch.empty(hidden_size, n).uniform_(-bound, bound)) for n in sizes)
+        self.weight_ih = nn.ParameterList(
+            nn.Parameter(torch.empty(hidden_size, n).uniform_(-bound, bound)) for n in sizes
+        )
         self.bias = nn.ParameterList(nn.Parameter(torch.zeros(hidden_size)) for _ in sizes)
         self.recurrent = nn.ModuleList()
         for _ in sizes:
@@ -110,11 +116,13 @@ class OrthogonalRNN(RecurrentNet):
             linear.weight = ORTHOGONAL_INITS[orthogonal_init](hidden_size)
             self.recurrent.append(linear)
         if activation == "modrelu":
-            self.modrelu_bias = nn.ParameterList(nn.Parameter(torch.empty(hidden_size).uniform_(-0.01, 0.01)) for _ in sizes)
+            self.modrelu_bias = nn.ParameterList(
+                nn.Parameter(torch.empty(hidden_size).uniform_(-0.01, 0.01)) for _ in sizes
+            )
         # The fused kernel wants a second bias; a constant zero keeps one trainable bias per layer.
         self.register_buffer("zero_bias", torch.zeros(hidden_size), persistent=False)
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         if self.activation == "modrelu":
             outputs, state, _ = self.forward_steps(x, state)
             return outputs, state
@@ -142,3 +150,6 @@ class OrthogonalRNN(RecurrentNet):
         if self.activation == "modrelu":
             params["b_modrelu"] = self.modrelu_bias[layer]
         return params
+
+    def orthogonal_parameters(self) -> list[nn.Parameter]:
+        return [linear.parametrizations.weight.original for linear in self.recurrent]

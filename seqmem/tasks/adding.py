@@ -1,6 +1,5 @@
 """The adding problem (uRNN variant): remember two marked values and output their sum."""
 
-
 import torch
 
 from seqmem.errors import require
@@ -47,12 +46,7 @@ class AddingData(SyntheticTask):
     """
 
     def __init__(
-        self,
-        seq_len: int = 100,
-        batch_size: int = 128,
-        train_batches: int = 1000,
-        val_batches: int = 10,
-        seed: int = 0,
+        self, seq_len: int = 100, batch_size: int = 128, train_batches: int = 1000, val_batches: int = 10, seed: int = 0
     ):
         super().__init__(batch_size, train_batches, val_batches, seed)
         require(seq_len >= 2, f"data.seq_len must be >= 2 (one marker per half), got {seq_len}")

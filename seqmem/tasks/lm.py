@@ -4,7 +4,6 @@ Consecutive batches continue the same streams, so the model carries its hidden s
 window to the next (truncated BPTT, as in pytorch/examples word_language_model).
 """
 
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Literal, Optional
@@ -12,6 +11,7 @@ from typing import Literal, Optional
 import datasets
 import torch
 from torch.utils.data import IterableDataset
+from typing_extensions import override
 
 from seqmem.errors import ConfigError, require
 from seqmem.tasks.spec import TaskDataModule, TaskSpec, batch_loader
@@ -60,6 +60,7 @@ class Windows(IterableDataset):
         # The last window's targets need one token beyond it; a shorter tail window is dropped.
         return (self.streams.size(1) - 1) // self.seq_len
 
+    @override
     def __iter__(self):
         T = self.seq_len
         for i in range(len(self)):
@@ -107,10 +108,13 @@ class LMData(TaskDataModule):
                 for name in ("train.txt", "valid.txt"):
                     require(
                         (corpus / name).is_file(),
-                        f"data.path folder {path!r} must hold train.txt and valid.txt (test.txt optional); {name} is missing",
+                        f"data.path folder {path!r} must hold train.txt and valid.txt (test.txt optional); "
+                        f"{name} is missing",
                     )
             else:
-                require(corpus.is_file(), f"data.path must be a text file or a folder with train.txt, got missing {path!r}")
+                require(
+                    corpus.is_file(), f"data.path must be a text file or a folder with train.txt, got missing {path!r}"
+                )
                 require(corpus.stat().st_size > 0, f"data.path must be a non-empty text file, got empty {path!r}")
         self.save_hyperparameters()
         self._texts: Optional[dict[str, str]] = None
@@ -183,15 +187,18 @@ class LMData(TaskDataModule):
             stateful=True,
         )
 
+    @override
     def state_dict(self) -> dict:
         """The vocabulary and baseline, saved in checkpoints so a resumed run keeps the same ids."""
         return {"vocab": list(self.vocab), "baseline": self._baseline}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self._vocab, self._baseline = list(state_dict["vocab"]), state_dict["baseline"]
         # Lightning restores after setup(): streams encoded with the old ids must be rebuilt.
         self._streams = {}
 
+    @override
     def setup(self, stage: str) -> None:
         # Each rank keeps its own contiguous streams; all ranks get the same number of batches.
         if self.trainer is not None:
@@ -214,17 +221,21 @@ class LMData(TaskDataModule):
             require(
                 everyone.size(1) > hp.seq_len,
                 f"data.seq_len ({hp.seq_len}) is too long: the {split} split has {len(ids)} tokens, too few for "
-                f"{hp.batch_size * self._world_size} streams longer than a window; lower data.seq_len or data.batch_size",
+                f"{hp.batch_size * self._world_size} streams longer than a window; "
+                "lower data.seq_len or data.batch_size",
             )
             rows = slice(self._rank * hp.batch_size, (self._rank + 1) * hp.batch_size)
             self._streams[split] = everyone[rows]  # (B, M)
         return self._streams[split]
 
+    @override
     def train_dataloader(self):
         return batch_loader(Windows(self.streams("train"), self.hparams.seq_len))
 
+    @override
     def val_dataloader(self):
         return batch_loader(Windows(self.streams("validation"), self.hparams.seq_len))
 
+    @override
     def test_dataloader(self):
         return batch_loader(Windows(self.streams("test"), self.hparams.seq_len))

@@ -17,7 +17,10 @@ from typing import Callable
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from seqmem.errors import require
 
@@ -53,6 +56,17 @@ class TaskSpec:
     perplexity: bool = False
     char_level: bool = False
     stateful: bool = False
+
+    def compute_loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Mean loss of predictions against targets: MSE, or cross-entropy over every target step.
+
+        Args:
+            pred: (B,) regression outputs, (B, C) logits (readout "last") or (B, T, C) (readout "all").
+            y: (B,) or (B, T) targets.
+        """
+        if self.loss == "mse":
+            return F.mse_loss(pred, y)
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))  # over B*T targets
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -93,12 +107,15 @@ class SyntheticTask(TaskDataModule):
         # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
         return batch_loader(SyntheticBatches(self.make_batch, num_batches, 3 * self.hparams.seed + split))
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(0, self.hparams.train_batches)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(1, self.hparams.val_batches)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(2, self.hparams.val_batches)
 
@@ -118,6 +135,7 @@ class SyntheticBatches(Dataset):
     def __len__(self) -> int:
         return self.num_batches
 
+    @override
     def __getitem__(self, i: int) -> dict:
         # A large odd multiplier keeps (seed, i) pairs from colliding for the seeds people use.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
@@ -138,6 +156,7 @@ class ResumableLoader(DataLoader):
         self._served = 0  # batches handed out by the current pass
         self._resume_at = 0
 
+    @override
     def __iter__(self):
         start, self._resume_at = self._resume_at, 0
         self._served = start

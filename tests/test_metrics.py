@@ -1,0 +1,124 @@
+"""Evaluation metrics against plain computations on known predictions, and what SequenceModel logs."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqmem.metrics import BucketAccuracy, TaskMetrics
+from seqmem.module import SequenceModel
+from seqmem.tasks import AgreementData, CopyData, TaskSpec
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_bucket_accuracy_counts_by_bucket_not_by_target():
+    # Targets and buckets disagree on purpose: counting by target (or by prediction) gives other numbers.
+    preds = torch.tensor([1, 0, 1, 1, 0, 0])
+    target = torch.tensor([1, 1, 1, 0, 0, 0])
+    bucket = torch.tensor([0, 0, 2, 2, 2, 0])
+    metric = BucketAccuracy(4)
+    metric.update(preds[:3], target[:3], bucket[:3])
+    metric.update(preds[3:], target[3:], bucket[3:])  # accumulates across batches
+    acc = metric.compute()
+    expected = [
+        (preds[bucket == b] == target[bucket == b]).float().mean().item() if (bucket == b).any() else math.nan
+        for b in range(4)
+    ]
+    assert acc[0].item() == pytest.approx(expected[0]) == pytest.approx(2 / 3)
+    assert acc[2].item() == pytest.approx(expected[2]) == pytest.approx(2 / 3)
+    assert acc[1].isnan() and acc[3].isnan()  # no sample: no accuracy, not 0
+    metric.reset()
+    assert metric.total.sum() == 0
+
+
+def test_bucket_accuracy_declares_the_torchmetrics_contract():
+    assert BucketAccuracy.higher_is_better is True
+    assert BucketAccuracy.is_differentiable is False
+    assert BucketAccuracy.full_state_update is False
+
+
+def test_copy_accuracy_scores_only_the_recalled_steps():
+    spec = CopyData(seq_len=5, num_copy=3).spec  # sequences of 5 + 2*3 = 11 steps, the last 3 recalled
+    B, T, C = 4, 11, spec.output_size
+    pred = torch.randn(B, T, C, generator=gen())  # (B, T, C)
+    y = pred.argmax(-1).clone()  # (B, T) every step right...
+    y[:, :-3] = (y[:, :-3] + 1) % C  # ...then every non-recalled step wrong
+    y[0, -1] = (y[0, -1] + 1) % C  # and one recalled step wrong: 11 of 12 recalled right
+    metrics = TaskMetrics(spec)
+    metrics.update(pred, {"x": torch.zeros(B, T), "y": y})
+    values = metrics.compute()
+    assert values["acc"].item() == pytest.approx(11 / 12)
+    assert values["loss"].item() == pytest.approx(F.cross_entropy(pred.reshape(-1, C), y.reshape(-1)).item(), rel=1e-6)
+    assert values["baseline"].item() == pytest.approx(3 * math.log(8) / 11)
+    assert not any(k.startswith(("ppl", "bpc", "acc_")) for k in values)
+
+
+def test_agreement_metrics_give_per_distance_buckets_and_leave_empty_ones_out():
+    data = AgreementData(min_len=12, max_len=12, distance=None)
+    spec = data.spec
+    assert spec.bucket_names == ("d1", "d2-3", "d4-7", "d8-15")
+    batch = data.make_batch(gen(1))
+    batch["bucket"] = torch.where(batch["bucket"] == 0, 1, batch["bucket"])  # empty bucket d1
+    pred = torch.randn(len(batch["y"]), 2, generator=gen(2))  # (B, 2) logits
+    metrics = TaskMetrics(spec)
+    metrics.update(pred, batch)
+    values = metrics.compute()
+    right = pred.argmax(-1) == batch["y"]  # (B,)
+    assert values["acc"].item() == pytest.approx(right.float().mean().item())
+    assert "acc_d1" not in values
+    for index, name in enumerate(spec.bucket_names[1:], start=1):
+        rows = batch["bucket"] == index
+        assert values[f"acc_{name}"].item() == pytest.approx(right[rows].float().mean().item()), name
+
+
+def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss():
+    spec = TaskSpec(
+        name="lm",
+        input_size=5,
+        output_size=5,
+        loss="ce",
+        readout="all",
+        baseline=1.5,
+        input_tokens=True,
+        perplexity=True,
+        char_level=True,
+        stateful=True,
+    )
+    metrics = TaskMetrics(spec)
+    losses = []
+    for seed in (0, 1):  # two batches: the metrics are of the mean loss over batches
+        pred = torch.randn(2, 7, 5, generator=gen(seed))  # (B, T, V)
+        y = torch.randint(0, 5, (2, 7), generator=gen(seed + 10))  # (B, T)
+        metrics.update(pred, {"x": y, "y": y})
+        losses.append(F.cross_entropy(pred.reshape(-1, 5), y.reshape(-1)).item())
+    values = metrics.compute()
+    mean = sum(losses) / 2
+    assert values["loss"].item() == pytest.approx(mean, rel=1e-6)
+    assert values["ppl"].item() == pytest.approx(math.exp(mean), rel=1e-6)
+    assert values["bpc"].item() == pytest.approx(mean / math.log(2), rel=1e-6)
+    assert values["baseline"].item() == pytest.approx(1.5)
+    word_level = TaskMetrics(TaskSpec(**{**spec.__dict__, "char_level": False}))
+    word_level.update(pred, {"x": y, "y": y})
+    assert "ppl" in word_level.compute() and "bpc" not in word_level.compute()
+
+
+def test_validation_logs_the_metrics_with_the_stage_prefix():
+    L.seed_everything(0, verbose=False)
+    data = AgreementData(min_len=8, max_len=8, distance=None, batch_size=16, train_batches=1, val_batches=2)
+    model = SequenceModel(data.spec, cell="gru", hidden_size=8, embedding_size=4)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    (logged,) = trainer.validate(model, data, verbose=False)
+    reference = TaskMetrics(data.spec)
+    model.eval()
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            reference.update(model(batch["x"])[0], batch)
+    expected = {f"val/{name}": value.item() for name, value in reference.compute().items()}
+    assert set(logged) == set(expected)
+    for tag, value in expected.items():
+        assert logged[tag] == pytest.approx(value, rel=1e-6), tag
