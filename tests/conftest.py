@@ -11,7 +11,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# mutmut runs the suite from a copy of the project in mutants/: the shared data sits beside the real checkout.
+CHECKOUT = REPO_ROOT.parent if REPO_ROOT.name == "mutants" else REPO_ROOT
+SHARED_DATA = CHECKOUT.parent / "shared" / "data"
 CONFIGS = REPO_ROOT / "seqmem" / "configs"
 # The task configs; defaults.yaml holds the shared trainer defaults every command reads first.
 TASK_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "defaults")

@@ -1,11 +1,13 @@
 """The real ``seqmem`` CLI, in-process: every cell × task trains, shipped configs parse, bad input fails cleanly."""
 
+import functools
 import inspect
 import math
 import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,24 @@ TASK_ARGS = {
 }
 
 
+# What each task logs beside val/loss and val/baseline (agreement: the one distance bucket of --data.distance 4).
+EXTRA_METRICS = {
+    "adding": set(),
+    "copy": {"val/acc"},
+    "agreement": {"val/acc", "val/acc_d4-7"},
+    "lm": {"val/ppl", "val/bpc"},
+}
+
+
+@functools.cache
+def shakespeare_unigram_entropy(path: Path) -> float:
+    """Entropy in nats of the character frequencies of the training split (the first 90 %)."""
+    text = path.read_text()
+    counts = Counter(text[: int(len(text) * 0.9)])
+    total = sum(counts.values())
+    return -sum(n / total * math.log(n / total) for n in counts.values())
+
+
 def test_every_cell_is_a_cli_choice():
     assert set(CELLS) == set(MODELS)
 
@@ -56,7 +76,26 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     assert cli.trainer.global_step == 2
     assert type(cli.model.net) is MODELS[cell]
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
-    assert math.isfinite(cli.trainer.callback_metrics["val/loss"].item())
+    logged = {k: v.item() for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    loss = logged["val/loss"]
+    assert math.isfinite(loss) and loss > 0
+    assert set(logged) == {"val/loss", "val/baseline"} | EXTRA_METRICS[task]
+    # The chance-level baseline, from the task's formula (README, Tasks).
+    hp = cli.datamodule.hparams
+    baseline = {
+        "adding": lambda: 2 / 12,  # Var(U1 + U2): always predicting 1
+        "copy": lambda: hp.num_copy * math.log(hp.num_symbols) / (hp.seq_len + 2 * hp.num_copy),
+        "agreement": lambda: math.log(2),
+        "lm": lambda: shakespeare_unigram_entropy(shakespeare),
+    }[task]()
+    assert logged["val/baseline"] == pytest.approx(baseline, rel=1e-6)
+    if "val/acc" in logged:
+        assert 0 <= logged["val/acc"] <= 1
+    if task == "agreement":  # every verb is 4 tokens from its subject: one bucket holds every sample
+        assert logged["val/acc_d4-7"] == pytest.approx(logged["val/acc"])
+    if task == "lm":
+        assert logged["val/bpc"] == pytest.approx(loss / math.log(2), rel=1e-6)
+        assert logged["val/ppl"] == pytest.approx(math.exp(loss), rel=1e-6)
     # The default logger wrote TensorBoard events under the chosen root, not the working directory's parent.
     assert list((workdir / "lightning_logs").glob("version_0/events.out.tfevents.*"))
 

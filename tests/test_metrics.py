@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from seqmem.metrics import BucketAccuracy, TaskMetrics
 from seqmem.module import SequenceModel
-from seqmem.tasks import AgreementData, CopyData, TaskSpec
+from seqmem.tasks import AddingData, AgreementData, CopyData, TaskSpec
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -107,18 +107,73 @@ def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss():
     assert "ppl" in word_level.compute() and "bpc" not in word_level.compute()
 
 
-def test_validation_logs_the_metrics_with_the_stage_prefix():
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_evaluation_logs_the_metrics_with_the_stage_prefix(stage):
     L.seed_everything(0, verbose=False)
     data = AgreementData(min_len=8, max_len=8, distance=None, batch_size=16, train_batches=1, val_batches=2)
     model = SequenceModel(data.spec, cell="gru", hidden_size=8, embedding_size=4)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    (logged,) = trainer.validate(model, data, verbose=False)
+    evaluate = trainer.validate if stage == "val" else trainer.test
+    (logged,) = evaluate(model, data, verbose=False)
     reference = TaskMetrics(data.spec)
     model.eval()
     with torch.no_grad():
-        for batch in data.val_dataloader():
+        for batch in getattr(data, f"{stage}_dataloader")():  # val and test read disjoint streams
             reference.update(model(batch["x"])[0], batch)
-    expected = {f"val/{name}": value.item() for name, value in reference.compute().items()}
+    expected = {f"{stage}/{name}": value.item() for name, value in reference.compute().items()}
     assert set(logged) == set(expected)
     for tag, value in expected.items():
         assert logged[tag] == pytest.approx(value, rel=1e-6), tag
+
+
+def test_bucket_accuracy_states_add_up_across_ranks():
+    # Under DDP each rank counts its own samples and compute() reduces the states: two halves merged must
+    # equal one metric over everything (a mean of the per-rank counts would halve them, a ratio of sums not).
+    preds = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1])
+    target = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1])
+    bucket = torch.tensor([0, 0, 1, 1, 1, 0, 1, 1])
+    whole, first, second = BucketAccuracy(2), BucketAccuracy(2), BucketAccuracy(2)
+    whole.update(preds, target, bucket)
+    first.update(preds[:3], target[:3], bucket[:3])
+    second.update(preds[3:], target[3:], bucket[3:])
+    first.merge_state(second)
+    torch.testing.assert_close(first.correct, whole.correct)
+    torch.testing.assert_close(first.total, whole.total)
+    torch.testing.assert_close(first.compute(), whole.compute())
+    assert whole.total.tolist() == [3, 5]
+
+
+def test_reset_forgets_every_batch_added_before():
+    data = AgreementData(min_len=12, max_len=12, distance=None, batch_size=64)
+    spec = data.spec
+    metrics = TaskMetrics(spec)
+    first, second = data.make_batch(gen(1)), data.make_batch(gen(2))
+    second["bucket"] = torch.where(second["bucket"] == 0, 1, second["bucket"])  # d1 empty in the second batch
+    metrics.update(torch.randn(64, 2, generator=gen(3)), first)
+    metrics.compute()
+    metrics.reset()
+    pred = torch.randn(64, 2, generator=gen(4))  # (B, 2)
+    metrics.update(pred, second)
+    values = metrics.compute()
+    fresh = TaskMetrics(spec)
+    fresh.update(pred, second)
+    expected = fresh.compute()
+    assert set(values) == set(expected) and "acc_d1" not in values
+    for name, value in expected.items():
+        assert values[name].item() == pytest.approx(value.item()), name
+    right = (pred.argmax(-1) == second["y"]).float()
+    assert values["acc"].item() == pytest.approx(right.mean().item())
+    assert values["loss"].item() == pytest.approx(F.cross_entropy(pred, second["y"]).item(), rel=1e-6)
+
+
+def test_regression_reports_the_mean_squared_error_and_its_baseline_only():
+    spec = AddingData(seq_len=6).spec
+    metrics = TaskMetrics(spec)
+    preds = [torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.5])]
+    targets = [torch.tensor([1.5, 1.0]), torch.tensor([0.5, 1.5])]  # squared errors (0.25, 1) and (0, 1)
+    for pred, y in zip(preds, targets, strict=True):
+        metrics.update(pred, {"x": torch.zeros(2, 6, 2), "y": y})
+    values = metrics.compute()
+    assert set(values) == {"loss", "baseline"}
+    assert values["loss"].item() == pytest.approx((0.625 + 0.5) / 2)  # the mean of the two batch means
+    assert values["baseline"].item() == pytest.approx(1 / 6)

@@ -178,10 +178,31 @@ def test_lstm_forget_bias_total_equals_the_option(forget_bias):
 
 
 def test_lstm_forget_bias_none_keeps_torchs_init():
+    # Same seed, same draws: every tensor equals a plain nn.LSTM's, bit for bit.
     torch.manual_seed(0)
-    net = LSTM(I, H, 1, forget_bias=None)
-    _, _, b_in, b_h = net.layer_weights(0)
-    assert (b_in[H : 2 * H] + b_h[H : 2 * H]).std() > 0
+    net = LSTM(I, H, LAYERS, forget_bias=None)
+    torch.manual_seed(0)
+    reference = nn.LSTM(I, H, LAYERS, batch_first=True)
+    ours, theirs = net.rnn.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("forget_bias", [1.0, 3.0])
+def test_lstm_forget_bias_changes_the_forget_block_of_the_biases_and_nothing_else(forget_bias):
+    torch.manual_seed(0)
+    net = LSTM(I, H, LAYERS, forget_bias=forget_bias)
+    torch.manual_seed(0)
+    reference = nn.LSTM(I, H, LAYERS, batch_first=True).state_dict()
+    forget = torch.zeros(4 * H, dtype=torch.bool)
+    forget[H : 2 * H] = True  # torch's gate order (i, f, g, o)
+    for name, value in net.rnn.state_dict().items():
+        if name.startswith("bias_"):
+            expected = torch.where(forget, forget_bias if name.startswith("bias_ih") else 0.0, reference[name])
+        else:
+            expected = reference[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
 
 
 def orthogonality_error(w: torch.Tensor) -> float:

@@ -2,11 +2,11 @@
 
 import itertools
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from seqmem.errors import ConfigError
 from seqmem.tasks import (
@@ -21,7 +21,6 @@ from seqmem.tasks import (
     copy_memory,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 WIKITEXT = SHARED_DATA / "wikitext-2"
 
