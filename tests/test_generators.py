@@ -200,8 +200,22 @@ def test_a_relative_lexicon_is_read_from_the_working_directory_first(workdir):
 def test_an_invalid_lexicon_is_a_config_error(tmp_path, content):
     path = tmp_path / "lexicon.json"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=r"^data\.lexicon .* is not a valid agreement lexicon"):
+    with pytest.raises(ConfigError, match=r"^data\.lexicon .* is not a valid agreement lexicon") as err:
         load_lexicon(path)
+    assert repr(str(path)) in str(err.value)  # the message names the file
+
+
+def test_a_missing_lexicon_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "none.json"
+    with pytest.raises(ConfigError) as err:
+        load_lexicon(path)
+    assert str(err.value) == f"data.lexicon must be an existing json file, got {str(path)!r}"
+
+
+def test_one_object_pronoun_of_each_number_is_enough(tmp_path):
+    objects = [{"word": "him", "number": "sg"}, {"word": "them", "number": "pl"}]
+    lexicon = load_lexicon(write_lexicon(tmp_path / "lexicon.json", objects=objects))
+    assert [lexicon.vocab[i] for i in (*lexicon.objects_sg.tolist(), *lexicon.objects_pl.tolist())] == ["him", "them"]
 
 
 @pytest.mark.parametrize(
@@ -215,8 +229,11 @@ def test_an_invalid_lexicon_is_a_config_error(tmp_path, content):
     ids=["only 3sg", "no 3sg", "no plural object", "no singular object"],
 )
 def test_a_lexicon_that_cannot_make_both_labels_and_attractors_is_refused(tmp_path, changes):
-    with pytest.raises(ConfigError, match=r"needs 3sg and non-3sg subjects and singular and plural objects"):
-        load_lexicon(write_lexicon(tmp_path / "lexicon.json", **changes))
+    path = write_lexicon(tmp_path / "lexicon.json", **changes)
+    with pytest.raises(ConfigError) as err:
+        load_lexicon(path)
+    message = f"data.lexicon {str(path)!r} needs 3sg and non-3sg subjects and singular and plural objects"
+    assert str(err.value) == message
 
 
 # ---- the smallest options --------------------------------------------------------------------------------------
@@ -274,6 +291,7 @@ def test_the_loader_resumes_at_the_next_unseen_batch():
     dataset = SyntheticBatches(numbered, num_batches=5, seed=3)
     expected = [dataset[i]["x"].item() for i in range(5)]
     loader = batch_loader(dataset)
+    assert loader.state_dict() == {"served": 0}  # a checkpoint before the first batch resumes at the first
     iterator = iter(loader)
     next(iterator), next(iterator)
     assert loader.state_dict() == {"served": 2}
@@ -295,8 +313,9 @@ def test_windows_need_one_token_beyond_each_window():
     assert len(Windows(torch.arange(26).view(2, 13), 4)) == 3
 
 
-def test_unigram_entropy_in_nats():
-    assert unigram_entropy(list("aabc")) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+def test_unigram_entropy_in_nats_in_double_precision():
+    exact = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert unigram_entropy(list("aabc")) == pytest.approx(exact, rel=1e-15)
     assert unigram_entropy(list("aaaa")) == 0.0
 
 
@@ -326,6 +345,13 @@ def test_a_window_needs_a_stream_longer_than_it(tmp_path):
     too_long = LMData(path=str(corpus), seq_len=11, batch_size=1, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"data\.seq_len \(11\) is too long"):
         too_long.train_dataloader()
+    two_streams = LMData(path=str(corpus), seq_len=5, batch_size=2, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError) as err:  # 2 streams of 5 characters: no window of 5 with its targets
+        two_streams.train_dataloader()
+    assert str(err.value) == (
+        "data.seq_len (5) is too long: the train split has 11 tokens, too few for 2 streams longer than a window; "
+        "lower data.seq_len or data.batch_size"
+    )
 
 
 def test_a_restored_vocabulary_missing_tokens_is_refused(tmp_path):
@@ -339,6 +365,26 @@ def test_a_restored_vocabulary_missing_tokens_is_refused(tmp_path):
         data.train_dataloader()
     data.load_state_dict({"vocab": ["<unk>", "a", "b"], "baseline": 1.0})  # with <unk>, "c" maps to it
     assert next(iter(data.train_dataloader()))["x"].tolist() == [[1, 2]]
+
+
+def test_a_local_corpus_is_converted_into_the_given_cache(tmp_path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("abcabcabcabc")
+    cache = tmp_path / "cache"
+    LMData(path=str(corpus), seq_len=2, batch_size=1, cache_dir=str(cache)).vocab
+    assert cache.is_dir() and any(cache.iterdir())
+
+
+def test_an_unreachable_hub_names_the_error_and_the_way_out(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr("seqmem.tasks.lm.datasets.load_dataset", offline)
+    with pytest.raises(ConfigError) as err:
+        LMData(hub_dataset="some/corpus", hub_config="raw", cache_dir=str(tmp_path)).vocab
+    message = str(err.value)
+    assert message.startswith("data.hub_dataset 'some/corpus' ('raw') could not be loaded")
+    assert "(ConnectionError)" in message and message.endswith("a text file or a folder with train.txt and valid.txt")
 
 
 def test_the_hub_dataset_is_read_split_by_split(tmp_path, monkeypatch):

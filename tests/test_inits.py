@@ -126,6 +126,26 @@ def test_step_path_drops_out_between_layers_but_not_after_the_last(cell):
     torch.testing.assert_close(net.forward_steps(x)[0], net(x)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", sorted(MODELS))
+def test_fused_path_drops_out_between_layers_in_training_only(cell):
+    torch.manual_seed(0)
+    net = build_model(cell, I, 8, num_layers=2, dropout=0.5).train()
+    x = torch.randn(3, 6, I)  # (B, T, I)
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        draws.append(net(x)[0])
+    assert not torch.equal(draws[0], draws[1])
+    net.eval()
+    torch.testing.assert_close(net(x)[0], net(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", sorted(MODELS))
+def test_every_cell_keeps_its_sizes(cell):
+    net = build_model(cell, 3, 5, num_layers=2, dropout=0.25)
+    assert (net.input_size, net.hidden_size, net.num_layers, net.dropout) == (3, 5, 2, 0.25)
+
+
 def test_step_path_of_one_layer_ignores_dropout():
     torch.manual_seed(0)
     net = build_model("lstm", I, 8, num_layers=1, dropout=0.0).train()

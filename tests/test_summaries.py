@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from seqmem.callbacks import (
+    ClippingEvents,
     GradientNorms,
     InputSensitivity,
     ProbeDiagnostic,
@@ -21,8 +23,10 @@ from seqmem.callbacks import (
     TimestepGradients,
     gradient_horizon,
     gradient_norms,
+    input_sensitivity,
     orthogonality_error,
     parameter_tags,
+    probe_loss,
     spectral_summary,
 )
 from seqmem.callbacks.base import heatmap, norm_heatmap, params_with_grad, tensorboard_writer
@@ -77,6 +81,23 @@ def test_gradient_horizon_counts_a_ratio_equal_to_the_threshold():
     # 0.5 and 0.25 are exact in binary: ratio 0.5 at lag 1 meets a threshold of 0.5; 0.25 at lag 2 does not.
     assert gradient_horizon(torch.tensor([0.25, 0.5, 1.0]), threshold=0.5).item() == 1
     assert gradient_horizon(torch.tensor([[0.25, 0.5, 1.0], [1.0, 1.0, 0.0]]), threshold=0.25).tolist() == [2, 0]
+
+
+def test_the_probe_loss_last_is_the_loss_at_the_final_step_alone():
+    # Readout "all" (copy): "last" is L_T, the cross-entropy of the final step only; "task" is the training loss.
+    torch.manual_seed(0)
+    model = SequenceModel(CopyData(seq_len=3).spec, cell="gru", hidden_size=4)
+    pred = torch.randn(4, 23, 9)  # (B, T, C)
+    y = torch.randint(0, 9, (4, 23))  # (B, T)
+    last = F.cross_entropy(pred[:, -1], y[:, -1])
+    assert probe_loss(model, pred, y, "last").item() == pytest.approx(last.item(), rel=1e-6)
+    assert probe_loss(model, pred, y, "task").item() == pytest.approx(
+        F.cross_entropy(pred.reshape(-1, 9), y.reshape(-1)).item(), rel=1e-6
+    )
+    # Readout "last" (adding): the two coincide.
+    adding = SequenceModel(AddingData(seq_len=3).spec, cell="gru", hidden_size=4)
+    p, t = torch.randn(4), torch.randn(4)
+    assert probe_loss(adding, p, t, "last").item() == probe_loss(adding, p, t, "task").item() == F.mse_loss(p, t).item()
 
 
 # ---- closed forms through a real fit, read back from TensorBoard ---------------------------------------------
@@ -183,6 +204,25 @@ def test_logged_input_sensitivity_follows_the_product_of_jacobians(probed_fit):
     # final: ‖∂h¹_T/∂x_{T−1}‖_F = ‖W¹ W_in⁰‖_F, estimated from 500 × 8 random projections (about 1 % noise).
     jacobian = model.net.layer_weights(1)[0] @ model.net.layer_weights(0)[0]  # (H, 2)
     assert logged["sensitivity/final"][0] == pytest.approx(jacobian.norm().item(), rel=0.05)
+
+
+def test_input_sensitivity_is_the_rms_of_seeded_gaussian_projections_of_each_jacobian():
+    """The estimator written out: v ~ N(0, I) of the state's dtype from a generator seeded ``seed``, drawn as one
+    (P, B, H) tensor; for every sample b and position ℓ the full Jacobian ∂h_T/∂x_ℓ (an explicit autograd loop
+    over the H state units); the root mean square of ‖v_pbᵀ J_bℓ‖ over projections and samples."""
+    torch.manual_seed(0)
+    model = SequenceModel(AddingData(seq_len=5).spec, cell="gru", hidden_size=3, num_layers=2).double().eval()
+    x = torch.randn(2, 5, 2, dtype=torch.float64)  # (B, T, I)
+    P = 4
+    estimate = input_sensitivity(model, x, projections=P, seed=7)  # (T,)
+    xs = x.clone().requires_grad_()
+    h_final = model.net.forward_steps(xs)[2][-1][-1]  # (B, H)
+    rows = [torch.autograd.grad(h_final[:, unit].sum(), xs, retain_graph=True)[0] for unit in range(3)]
+    jacobian = torch.stack(rows, dim=1)  # (B, H, T, I): samples are independent, so the sum picks each one's own
+    v = torch.randn((P, 2, 3), generator=torch.Generator().manual_seed(7), dtype=torch.float64)  # (P, B, H)
+    projected = torch.einsum("pbh,bhti->pbti", v, jacobian)  # (P, B, T, I)
+    expected = projected.square().sum(dim=-1).mean(dim=(0, 1)).sqrt()  # (T,)
+    torch.testing.assert_close(estimate, expected, rtol=1e-12, atol=0)
 
 
 # ---- spectra of non-normal matrices ------------------------------------------------------------------------
@@ -298,10 +338,11 @@ def test_parameter_tags_of_the_orthogonal_cell(activation):
 
 def test_parameters_outside_the_known_groups_keep_their_path_and_frozen_ones_are_left_out():
     model = SequenceModel(AddingData(seq_len=4).spec, cell="gru", hidden_size=3)
-    model.scale = nn.Parameter(torch.ones(2))  # a parameter of no known group
+    model.extra = nn.Module()
+    model.extra.scale = nn.Parameter(torch.ones(2))  # a parameter of no known group
     model.net.rnn.bias_hh_l0.requires_grad_(False)
     tags = parameter_tags(model)
-    assert tags["grad_norm/scale"] is model.scale
+    assert tags["grad_norm/extra/scale"] is model.extra.scale
     assert "grad_norm/layer0/b_h" not in tags
     assert not any(tag.startswith("grad_norm/embedding/") for tag in tags)  # adding has no embedding
 
@@ -393,6 +434,13 @@ def test_norm_heatmap_spans_decades_below_the_largest_norm():
     assert norm_heatmap(torch.ones(1, 1000), decades=8.0).shape == (3, 16, 1000)  # at least one pixel per step
 
 
+def test_horizon_and_heatmap_stay_on_the_norms_device():
+    # The meta device stands in for a GPU: nothing is computed on the CPU behind the caller's back.
+    assert gradient_horizon(torch.ones(2, 3, device="meta")).device.type == "meta"
+    image = heatmap(torch.zeros(2, 3, device="meta"), low=-1.0, high=0.0, cell=(2, 2))
+    assert image.device.type == "meta" and image.shape == (3, 4, 6)
+
+
 def test_tensorboard_writer_is_the_first_tensorboard_loggers_on_rank_zero_only(tmp_path: Path):
     tensorboard = TensorBoardLogger(str(tmp_path / "tb"))
     loggers = [CSVLogger(str(tmp_path / "csv")), tensorboard, TensorBoardLogger(str(tmp_path / "other"))]
@@ -415,3 +463,41 @@ def test_recurrent_matrices_split_w_h_into_its_gate_blocks_in_order(cell):
         for index, gate in enumerate(gates):
             block = matrices[f"layer{layer}/{gate}" if gate else f"layer{layer}"]
             assert torch.equal(block, w_h[index * 3 : (index + 1) * 3])
+
+
+# ---- clipping counters ------------------------------------------------------------------------------------------
+
+
+def clip_steps(callback: ClippingEvents, grads: list[torch.Tensor], clip: float, algorithm: str, root: Path) -> dict:
+    """Feed one known gradient per optimizer step (logging every step); the logged scalars."""
+    param = nn.Parameter(torch.zeros_like(grads[0]))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    module = SimpleNamespace(clip_settings=lambda: (clip, algorithm))
+    logger = TensorBoardLogger(str(root), name="", version="")
+    trainer = SimpleNamespace(global_step=0, log_every_n_steps=1, is_global_zero=True, loggers=[logger])
+    for step, grad in enumerate(grads):
+        trainer.global_step = step
+        param.grad = grad.clone()
+        callback.on_before_optimizer_step(trainer, module, optimizer)
+    logger.experiment.flush()
+    return scalars(root)
+
+
+def test_value_clipping_counts_entries_beyond_the_bound_not_at_it(tmp_path: Path):
+    # Clamping to [-1, 1] leaves an entry of exactly ±1 as it was: it is not clipped.
+    logged = clip_steps(ClippingEvents(), [torch.tensor([1.0, -1.0, 0.5, -1.5])], 1.0, "value", tmp_path)
+    assert logged["clip/entries_clipped"][0] == pytest.approx(1 / 4)
+    assert logged["clip/post_norm"][0] == pytest.approx(math.sqrt(1 + 1 + 0.25 + 1))
+
+
+def test_clipping_counters_survive_a_resume(tmp_path: Path):
+    grads = [torch.tensor([3.0, 0.0, 0.5]), torch.tensor([0.1, 0.2, 0.3]), torch.tensor([-2.0, 2.0, 0.0])]
+    first = ClippingEvents()
+    clip_steps(first, grads[:2], 1.0, "value", tmp_path / "first")
+    resumed = ClippingEvents()
+    resumed.load_state_dict(first.state_dict())
+    logged = clip_steps(resumed, grads[2:], 1.0, "value", tmp_path / "resumed")
+    # Over the three steps: steps 0 and 2 clipped, 3 of 9 entries.
+    assert logged["clip/clipped_steps"][0] == 2.0
+    assert logged["clip/clipped_fraction"][0] == pytest.approx(2 / 3)
+    assert logged["clip/entries_clipped_all"][0] == pytest.approx(3 / 9)
