@@ -256,3 +256,13 @@ def test_solved_trials_stop_at_their_step(local_ray, tmp_path):
         ("seed=0", "solved", 2, 2), ("seed=1", "solved", 2, 2)]  # fmt: skip
     summary = read_csv(tmp_path / "out" / "summary.csv")
     assert len(summary) == 1 and (summary[0]["solved"], summary[0]["steps_median"]) == ("2", "2")
+
+
+def test_a_trial_larger_than_the_cluster_is_refused_before_anything_is_written(local_ray, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), "--threads", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "seqmem: error: --threads 3: the Ray cluster has 2 CPUs, fewer than one trial asks for"
+    )
+    assert not (tmp_path / "out").exists()

@@ -68,9 +68,6 @@ def run_sweep(
         ConfigError: the cluster has fewer CPUs or GPUs than one trial asks for.
     """
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if sweep.path != (out / "sweep.yaml").resolve():
-        shutil.copyfile(sweep.path, out / "sweep.yaml")
     # Ray's TensorBoard and CSV loggers would add a second set of runs to the sweep folder; only its
     # JSON logger is kept (in ray/), which its result grid reads back. Its console tables are off too
     # (the legacy output engine, at verbose 0, prints nothing): Progress prints one line per trial.
@@ -89,6 +86,9 @@ def run_sweep(
             gpus_per_trial <= resources.get("GPU", 0),
             f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs",
         )
+        out.mkdir(parents=True, exist_ok=True)  # only now: a refused sweep writes nothing
+        if sweep.path != (out / "sweep.yaml").resolve():
+            shutil.copyfile(sweep.path, out / "sweep.yaml")
         trainable = tune.with_parameters(
             run_trial, sweep=sweep, out=str(out), cwd=os.getcwd(), threads=threads, gpus=gpus_per_trial
         )
