@@ -1,6 +1,7 @@
-"""The ``seqmem`` command: LightningCLI with fit / validate / test / predict.
+"""The ``seqmem`` command: LightningCLI with fit / validate / test / predict, and ``sweep``.
 
 seqmem fit --config seqmem/configs/copy.yaml --model.cell orthogonal --data.seq_len 200
+seqmem sweep agreement.yaml      # a grid of seeded fits on Ray Tune (seqmem/sweep/)
 """
 
 import sys
@@ -69,6 +70,11 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> SeqmemCLI:
 
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the ``seqmem`` console script; ``args`` replaces ``sys.argv[1:]`` in tests."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: a grid of fits on Ray Tune
+        from seqmem.sweep import main as sweep
+
+        return sweep(argv[1:])
     try:
         run_cli(args)
     except ArgumentError as error:

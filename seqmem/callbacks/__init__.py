@@ -13,6 +13,7 @@ from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
+from seqmem.callbacks.solved import StepsToSolve
 from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PeriodicDiagnostic",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
+    "StepsToSolve",
     "TimestepGradients",
     "gradient_horizon",
     "gradient_norms",

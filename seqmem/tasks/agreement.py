@@ -219,6 +219,9 @@ class AgreementData(SyntheticTask):
             input_tokens=True,
             accuracy_steps=1,
             bucket_names=names,
+            solved_metric="val/acc",
+            solved_threshold=0.99,
+            solved_mode="max",
         )
 
     def make_batch(self, generator: torch.Generator) -> dict:

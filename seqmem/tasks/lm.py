@@ -185,6 +185,8 @@ class LMData(TaskDataModule):
             perplexity=True,
             char_level=self.hparams.level == "char",
             stateful=True,
+            # No default solved criterion: a good bpc or perplexity depends on the corpus. Set one where
+            # it is known, e.g. StepsToSolve(metric="val/bpc", threshold=2.0, mode="min").
         )
 
     @override

@@ -13,7 +13,7 @@ Batches are dicts:
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import lightning as L
 import torch
@@ -42,6 +42,10 @@ class TaskSpec:
         perplexity: report ``val/ppl`` (and ``val/bpc`` when ``char_level``).
         char_level: the tokens are characters (bits per character is meaningful).
         stateful: consecutive batches continue the same streams, so the hidden state is carried.
+        solved_metric: the validation metric that says the task is solved (``StepsToSolve`` and
+            ``seqmem sweep`` use it by default), e.g. ``val/acc``; None: the task has no default criterion.
+        solved_threshold: the task counts as solved once ``solved_metric`` reaches this value.
+        solved_mode: ``"max"``: solved when the metric is >= the threshold; ``"min"``: when it is <= it.
     """
 
     name: str
@@ -56,6 +60,9 @@ class TaskSpec:
     perplexity: bool = False
     char_level: bool = False
     stateful: bool = False
+    solved_metric: Optional[str] = None
+    solved_threshold: Optional[float] = None
+    solved_mode: str = "max"
 
     def compute_loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """Mean loss of predictions against targets: MSE, or cross-entropy over every target step.
