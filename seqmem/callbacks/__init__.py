@@ -11,6 +11,7 @@ from seqmem.callbacks.base import Diagnosable, Diagnostic, PeriodicDiagnostic, P
 from seqmem.callbacks.clipping import ClippingEvents
 from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
+from seqmem.callbacks.jacobian import JacobianSpectrum, jacobian_spectrum, predicted_horizon
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
 from seqmem.callbacks.solved import StepsToSolve
@@ -22,6 +23,7 @@ __all__ = [
     "Diagnostic",
     "GradientNorms",
     "InputSensitivity",
+    "JacobianSpectrum",
     "NonFiniteError",
     "NonFiniteGuard",
     "PeriodicDiagnostic",
@@ -32,8 +34,10 @@ __all__ = [
     "gradient_horizon",
     "gradient_norms",
     "input_sensitivity",
+    "jacobian_spectrum",
     "orthogonality_error",
     "parameter_tags",
+    "predicted_horizon",
     "probe_loss",
     "spectral_summary",
     "timestep_grad_norms",
