@@ -21,16 +21,16 @@ import lightning as L
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the figure goes to a file only
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.ticker import MaxNLocator
 
-from seqmem.callbacks import gradient_horizon, predicted_horizon, spectral_summary, timestep_grad_norms  # noqa: E402
-from seqmem.callbacks.base import probe_mode  # noqa: E402
-from seqmem.callbacks.jacobian import layer_trajectories, lyapunov_exponents  # noqa: E402
-from seqmem.models import MODELS  # noqa: E402
-from seqmem.module import SequenceModel  # noqa: E402
-from seqmem.tasks import AgreementData  # noqa: E402
+from seqmem.callbacks import gradient_horizon, predicted_horizon, spectral_summary, timestep_grad_norms
+from seqmem.callbacks.base import probe_mode
+from seqmem.callbacks.jacobian import layer_trajectories, lyapunov_exponents
+from seqmem.models import MODELS
+from seqmem.module import SequenceModel
+from seqmem.tasks import AgreementData
 
 T, DISTANCE, THRESHOLD = 50, 30, 1e-3
 # Every cell at its default init, plus the LSTM with its forget gate opened wider (σ(3) ≈ 0.95 per step).

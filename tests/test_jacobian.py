@@ -217,7 +217,7 @@ def test_probe_leaves_gradients_and_the_global_random_stream_untouched() -> None
     rng = torch.get_rng_state()
     jacobian_spectrum(net.eval(), x, k=4)
     assert torch.equal(torch.get_rng_state(), rng), "the frames come from their own generators"
-    for grad, p in zip(before, net.parameters()):
+    for grad, p in zip(before, net.parameters(), strict=True):
         torch.testing.assert_close(p.grad, grad, rtol=0, atol=0)
 
 
@@ -312,7 +312,7 @@ def test_jacobian_probe_does_not_change_training(tmp_path: Path) -> None:
         tmp_path / "on", [JacobianSpectrum(every_n_steps=2, probe_batch_size=4, k=2)], 6, cell="lstm", dropout=0.3
     )
     without = fit(tmp_path / "off", [], 6, cell="lstm", dropout=0.3)
-    for a, b in zip(with_probe.parameters(), without.parameters()):
+    for a, b in zip(with_probe.parameters(), without.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len(events(tmp_path / "on" / "lightning_logs" / "version_0").Scalars("lyapunov/layer0/lambda_1")) == 3
 

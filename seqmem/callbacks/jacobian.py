@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import lightning as L
 import torch
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
@@ -30,8 +29,9 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
 
-from seqmem.callbacks.base import Layout, ProbeDiagnostic, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, write_scalars
 from seqmem.errors import require
 from seqmem.models import RecurrentNet
 
@@ -53,8 +53,9 @@ class LayerTrajectory(NamedTuple):
 def layer_trajectories(net: RecurrentNet, x: Tensor) -> list[LayerTrajectory]:
     """Run the step-by-step path once, without autograd, keeping every layer's full state at every step.
 
-    A variant of ``RecurrentNet.forward_steps`` that keeps the whole state (the LSTM's c too), from a zero
-    initial state, with no dropout between layers (the network a probe measures, as ``probe_mode`` sets).
+    Like ``RecurrentNet.forward_steps`` (both run ``RecurrentNet.layer_steps``) but keeping the whole state
+    (the LSTM's c too), from a zero initial state, with no dropout between layers (the network a probe
+    measures, as ``probe_mode`` sets).
 
     Args:
         net: the recurrent network.
@@ -69,9 +70,8 @@ def layer_trajectories(net: RecurrentNet, x: Tensor) -> list[LayerTrajectory]:
         for layer in range(net.num_layers):
             weights = tuple(w.detach() for w in net.layer_weights(layer))
             x_proj = net.project_input(weights, layer_input)  # (B, T, gates*H)
-            states = [tuple(x.new_zeros(x.shape[0], net.hidden_size) for _ in range(net.state_size))]
-            for x_t in x_proj.unbind(1):  # (B, gates*H)
-                states.append(net.step(weights, x_t, states[-1]))
+            zeros = tuple(x.new_zeros(x.shape[0], net.hidden_size) for _ in range(net.state_size))  # s_0
+            states = net.layer_steps(weights, x_proj, zeros)
             trajectories.append(LayerTrajectory(weights, x_proj, states))
             layer_input = torch.stack([s[0] for s in states[1:]], dim=1)  # (B, T, H)
     return trajectories
@@ -320,7 +320,8 @@ class JacobianSpectrum(ProbeDiagnostic):
         # (step, (L, k) exponents on the CPU) of every probe so far, for the spectrum image.
         self.history: list[tuple[int, Tensor]] = []
 
-    def layout(self, pl_module: "L.LightningModule") -> Layout:
+    @override
+    def layout(self, pl_module: Diagnosable) -> Layout:
         lyapunov, jacobian = {}, {}
         for layer in range(pl_module.net.num_layers):
             lyapunov[f"layer{layer} exponents"] = ["Multiline", [rf"lyapunov/layer{layer}/lambda_\d+$"]]
@@ -335,14 +336,13 @@ class JacobianSpectrum(ProbeDiagnostic):
         lyapunov["sum of the k exponents"] = ["Multiline", [r"lyapunov/layer\d+/sum$"]]
         return {"lyapunov": lyapunov, "jacobian": jacobian}
 
-    def probe_and_log(
-        self, writer: SummaryWriter, pl_module: "L.LightningModule", x: Tensor, y: Tensor, step: int
-    ) -> None:
+    @override
+    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         embedded = pl_module.embed(x).detach()  # (B, T, E)
         exponents, sigma = jacobian_spectrum(pl_module.net, embedded, self.k, self.power_iterations, self.seed)
         length = embedded.shape[1]
         values = {}
-        for layer, (lam, sig) in enumerate(zip(exponents, sigma)):  # (k,), (T, B)
+        for layer, (lam, sig) in enumerate(zip(exponents, sigma, strict=True)):  # (k,), (T, B)
             prefix = f"lyapunov/layer{layer}"
             values.update({f"{prefix}/lambda_{i + 1}": value for i, value in enumerate(lam)})
             values[f"{prefix}/sum"] = lam.sum()
@@ -354,9 +354,11 @@ class JacobianSpectrum(ProbeDiagnostic):
         history = torch.stack([e for _, e in self.history])  # (P, L, k)
         writer.add_figure("lyapunov/spectrum", spectrum_figure([s for s, _ in self.history], history, length), step)
 
+    @override
     def state_dict(self) -> dict:
         # The history travels in checkpoints, so a resumed run's image still starts at step 0.
         return {"history": self.history}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict["history"])
