@@ -81,6 +81,15 @@ def test_grid_expands_to_named_trials_with_options_in_order(tmp_path):
     assert [a.numeric for a in sweep.config_axes] == [False, True]
 
 
+def test_a_seed_axis_sets_the_weights_seed_and_the_data_seed(tmp_path):
+    sweep = load_sweep(str(write_config(tmp_path, grid={"data.seq_len": [10, 20], "seed": [3, 4]})))
+    assert sweep.seed_axis.key == "seed"
+    assert [a.name for a in sweep.config_axes] == ["data.seq_len"]
+    options = [sweep.trial_options(point) for point in sweep.points()]
+    assert [(o["seed_everything"], o["data.seed"]) for o in options] == [(3, 3), (4, 4), (3, 3), (4, 4)]
+    assert sweep.trial_name(sweep.points()[1]) == "data.seq_len=10,seed=4"
+
+
 def test_shipped_sweep_parses():
     sweep = load_sweep("agreement.yaml")
     assert sweep.base == CONFIGS / "agreement.yaml"

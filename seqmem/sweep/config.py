@@ -12,15 +12,16 @@
         vanilla: {model.cell: vanilla}
         lstm_fb3: {model.cell: lstm, model.forget_bias: 3}
       data.distance: [5, 10, 30]  # an option axis: values of one option
-      seed_everything: [0, 1, 2]  # the seed axis (named seed_everything or seed): summaries aggregate over it
+      seed: [0, 1, 2]             # the seed axis: summaries aggregate over it. `seed` sets seed_everything
+                                  # and data.seed (weights and data stream); `seed_everything` only the first
     record:                       # optional: one value of a TensorBoard tag per trial, as a column
       horizon_init: grad_time/layer0/horizon                    # the first logged value
       horizon_end: {tag: grad_time/layer0/horizon, at: last}    # or the last one
 
 Options are passed to the trial's ``seqmem fit`` as ``--key value`` after ``--config <base>``: ``set``
 first, then the axes in order, so a grid value overrides a ``set`` value. A trial's run name lists its
-axis values, ``model=lstm_fb3,data.distance=30,seed=0`` (the seed axis shows as ``seed``). To vary the
-data stream with the seed, make the seed a bundle axis: ``seed: {0: {seed_everything: 0, data.seed: 0}, ...}``.
+axis values, ``model=lstm_fb3,data.distance=30,seed=0`` (the seed axis shows as ``seed``). The lm task
+draws no data, so its seed axis is ``seed_everything``.
 """
 
 import itertools
@@ -244,6 +245,9 @@ def parse_axis(key: Any, values: Any) -> Axis:
                 "axis (label: {option: value})",
             )
         require(len(set(map(json.dumps, values))) == len(values), f"sweep config: grid.{key} lists a value twice")
+        if key == "seed":
+            # A new seed is a new run: new weights (seed_everything) and a new data stream (data.seed).
+            return Axis(key, {v: {"seed_everything": v, "data.seed": v} for v in values}, bundle=False)
         check_options({key: None}, f"grid.{key}")
         return Axis(key, {value: {key: value} for value in values}, bundle=False)
     require(
