@@ -43,6 +43,8 @@ class SequenceModel(L.LightningModule):
         orthogonal_lr_scale: learning-rate multiplier for the skew-symmetric parameters behind an
             orthogonal W_h (expRNN trains them at 0.1× the others).
         irnn_scale: irnn only — W_h is initialised to this multiple of the identity.
+        spectral_radius: vanilla only — rescale the initial W_h to this spectral radius (e.g. 1.5 to make
+            gradients explode; None keeps PyTorch's init, radius ≈ 0.58).
         forget_bias: lstm only — initial forget-gate bias (default 1.0; keeps the cell's memory open).
         tbptt_steps: truncated BPTT: cut each batch into chunks of this many steps, carry the hidden state
             across chunk boundaries (detached, so the gradient stops there) and take one optimizer step per
@@ -80,6 +82,7 @@ class SequenceModel(L.LightningModule):
         orthogonal_map: Optional[OrthogonalMap] = None,
         orthogonal_lr_scale: float = 0.1,
         irnn_scale: Optional[float] = None,
+        spectral_radius: Optional[float] = None,
         forget_bias: Optional[float] = None,
         tbptt_steps: Optional[int] = None,
         gradient_clip_val: Optional[float] = None,
@@ -110,6 +113,7 @@ class SequenceModel(L.LightningModule):
             orthogonal_init=orthogonal_init,
             orthogonal_map=orthogonal_map,
             irnn_scale=irnn_scale,
+            spectral_radius=spectral_radius,
             forget_bias=forget_bias,
         )
         self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, **cell_options)

@@ -164,6 +164,20 @@ def test_irnn_init_is_scaled_identity_zero_bias_small_inputs():
     assert net.nonlinearity == "relu"
 
 
+@pytest.mark.parametrize("radius", [0.5, 1.5])
+def test_vanilla_spectral_radius_rescales_pytorchs_init(radius):
+    torch.manual_seed(0)
+    default = VanillaRNN(I, 32, LAYERS)
+    torch.manual_seed(0)
+    scaled = VanillaRNN(I, 32, LAYERS, spectral_radius=radius)
+    for layer in range(LAYERS):
+        w_h, w_default = scaled.layer_weights(layer)[1], default.layer_weights(layer)[1]
+        assert torch.linalg.eigvals(w_h).abs().max().item() == pytest.approx(radius, rel=1e-5)
+        ratio = w_h / w_default  # the same matrix, scaled: one ratio everywhere
+        torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0, 0].item()))
+        torch.testing.assert_close(scaled.layer_weights(layer)[0], default.layer_weights(layer)[0])  # W_in kept
+
+
 @pytest.mark.parametrize("forget_bias", [1.0, 2.5, -0.5])
 def test_lstm_forget_bias_total_equals_the_option(forget_bias):
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from conftest import CONFIGS
 from seqmem.cli import main
 from seqmem.errors import ConfigError
 from seqmem.sweep import Spread, TrialRow, load_sweep, run_sweep, summarise
+from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
 from seqmem.sweep.trial import TrialError, run_trial
@@ -37,6 +38,7 @@ TINY = {
         "seed_everything": [0, 1],
     },
     "record": {"horizon_init": "grad_time/layer0/horizon"},
+    "curves": {"train/loss": "log"},
 }
 NAMES = [f"model={m},seed={s}" for m in ("gru", "short") for s in (0, 1)]
 
@@ -196,6 +198,19 @@ def test_seeds_aggregate_median_range_and_solved_count():
     assert d.steps == Spread(50, 50, 50)
 
 
+def test_curves_band_is_the_median_and_range_of_the_seeds_that_logged_each_step():
+    # Seed b stopped after step 2 (solved early): from step 4 on the band is seed a alone.
+    steps, median, low, high = seed_band([[(0, 1.0), (2, 0.5), (4, 0.2)], [(0, 3.0), (2, 0.1)], [(0, 2.0)]])
+    assert steps == [0, 2, 4]
+    assert median == [2.0, 0.3, 0.2] and low == [1.0, 0.1, 0.2] and high == [3.0, 0.5, 0.2]
+
+
+def test_curves_take_a_scale_per_tag_or_a_list(tmp_path):
+    assert load_sweep(str(write_config(tmp_path, curves=["val/acc"]))).curves == (("val/acc", "linear"),)
+    with pytest.raises(ConfigError, match="curves.val/acc must be linear or log"):
+        load_sweep(str(write_config(tmp_path, curves={"val/acc": "loglog"})))
+
+
 def test_half_unsolved_has_an_unsolved_median():
     (summary,) = summarise([row("a", 0, "solved", 100), row("a", 1, "not solved")], ["model"], [])
     assert math.isinf(summary.steps.median) and summary.steps.low == 100
@@ -264,7 +279,7 @@ def test_sweep_runs_every_trial_and_reports_errors_in_the_table(tiny_sweep):
     summary = {r["model"]: r for r in read_csv(out / "summary.csv")}
     assert (summary["gru"]["solved"], summary["gru"]["runs"], summary["short"]["errors"]) == ("0", "2", "2")
     assert "| gru | 0/2 | not solved within 4 |" in (out / "summary.md").read_text()
-    assert (out / "summary.png").stat().st_size > 0
+    assert (out / "summary.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     assert (out / "ray").is_dir() and not list((out / "ray").rglob("events.out.tfevents.*"))  # no Ray TB runs
 
 

@@ -17,6 +17,9 @@
     record:                       # optional: one value of a TensorBoard tag per trial, as a column
       horizon_init: grad_time/layer0/horizon                    # the first logged value
       horizon_end: {tag: grad_time/layer0/horizon, at: last}    # or the last one
+    curves:                       # optional: tags plotted against step in curves.png, one panel each,
+      train/loss: log             # one line per configuration (median over seeds, band min–max);
+      clip/clipped_fraction: linear                             # the y scale: linear or log
 
 Options are passed to the trial's ``seqmem fit`` as ``--key value`` after ``--config <base>``: ``set``
 first, then the axes in order, so a grid value overrides a ``set`` value. A trial's run name lists its
@@ -37,7 +40,7 @@ from seqmem.errors import ConfigError, require
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SWEEPS = CONFIGS / "sweeps"
-KEYS = ("base", "budget", "solved", "stop_when_solved", "set", "grid", "record")
+KEYS = ("base", "budget", "solved", "stop_when_solved", "set", "grid", "record", "curves")
 SEED_AXES = ("seed_everything", "seed")
 # Options the sweep sets itself, with what to use instead.
 RESERVED = {
@@ -112,6 +115,7 @@ class Sweep:
         options: options of every trial (``set``).
         axes: the grid's axes, in order.
         record: TensorBoard tags read back per trial.
+        curves: TensorBoard tags plotted against step, with their y scale (``linear`` or ``log``).
     """
 
     path: Path
@@ -122,6 +126,7 @@ class Sweep:
     options: dict[str, Any]
     axes: tuple[Axis, ...]
     record: tuple[Record, ...]
+    curves: tuple[tuple[str, str], ...] = ()
 
     @property
     def seed_axis(self) -> Optional[Axis]:
@@ -215,6 +220,7 @@ def parse_sweep(raw: Any, path: Path) -> Sweep:
         options=options,
         axes=axes,
         record=parse_record(raw.get("record") or {}),
+        curves=parse_curves(raw.get("curves") or {}),
     )
     names = [sweep.trial_name(point) for point in sweep.points()]
     for name in names:
@@ -310,3 +316,16 @@ def parse_record(record: Any) -> tuple[Record, ...]:
         require(at in ("first", "last"), f"sweep config: record.{name}.at must be first or last, got {at!r}")
         parsed.append(Record(str(name), spec["tag"], at))
     return tuple(parsed)
+
+
+def parse_curves(curves: Any) -> tuple[tuple[str, str], ...]:
+    """``{tag: linear|log}``, or a list of tags (linear)."""
+    if isinstance(curves, list):
+        curves = {tag: "linear" for tag in curves}
+    require(
+        isinstance(curves, dict) and all(isinstance(tag, str) for tag in curves),
+        f"sweep config: curves must be a mapping of tags to linear or log (or a list of tags), got {curves!r}",
+    )
+    for tag, scale in curves.items():
+        require(scale in ("linear", "log"), f"sweep config: curves.{tag} must be linear or log, got {scale!r}")
+    return tuple(curves.items())

@@ -8,7 +8,8 @@
 
 The sweep folder (``--out``, default ``sweeps/<config name>``) holds a copy of the config
 (``sweep.yaml``), one run folder per trial (TensorBoard events, checkpoints, ``train.log``,
-``result.json``), ``trials.csv``, ``summary.csv``, ``summary.md``, ``summary.png``, and Ray Tune's own
+``result.json``), ``trials.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` (and ``curves.png``
+when the config lists ``curves``), and Ray Tune's own
 experiment state in ``ray/``. Running the same command again (after Ctrl-C, say) skips finished trials,
 resumes interrupted ones from their last checkpoint and retries the ones that ended with an error; a run
 folder made with other options is never reused.
@@ -35,6 +36,7 @@ import seqmem
 from seqmem.errors import ConfigError, require
 from seqmem.sweep import config
 from seqmem.sweep.config import Sweep, load_sweep
+from seqmem.sweep.curves import plot_curves
 from seqmem.sweep.plot import plot_summary
 from seqmem.sweep.progress import Progress
 from seqmem.sweep.summary import TrialRow, summarise, write_summary, write_trials_csv
@@ -186,7 +188,11 @@ def write_outputs(out: Path, rows: list[TrialRow], sweep: Sweep) -> None:
     write_trials_csv(out / "trials.csv", rows, sweep)
     print("\n" + write_summary(out, summaries, sweep, metric))
     plot_summary(out / "summary.png", rows, summaries, sweep, metric)
-    print(f"wrote {out}/trials.csv, summary.csv, summary.md, summary.png; tensorboard --logdir {out}")
+    written = "trials.csv, summary.csv, summary.md, summary.png"
+    if sweep.curves:
+        plot_curves(out / "curves.png", out, rows, sweep)
+        written += ", curves.png"
+    print(f"wrote {written} in {out}; tensorboard --logdir {out}")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 from ray import tune
 
 from seqmem.sweep.config import Record, Sweep
+from seqmem.sweep.events import read_scalars
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
@@ -190,18 +191,11 @@ def error_message(error: BaseException) -> str:
 
 def read_records(run_dir: Path, records: tuple[Record, ...]) -> dict[str, Optional[float]]:
     """The value of every recorded tag in the run's TensorBoard events (None where never logged)."""
-    if not records:
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
+    scalars = read_scalars(run_dir, [record.tag for record in records])
     values: dict[str, Optional[float]] = {}
     for record in records:
-        scalars = events.Scalars(record.tag) if record.tag in tags else []
-        pick = min if record.at == "first" else max
-        values[record.name] = pick(scalars, key=lambda s: s.step).value if scalars else None
+        logged = scalars[record.tag]  # by step
+        values[record.name] = (logged[0] if record.at == "first" else logged[-1])[1] if logged else None
     return values
 
 
