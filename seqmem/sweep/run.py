@@ -4,9 +4,9 @@
     seqmem sweep my.yaml --out sweeps/mine --threads 2   # 2 torch threads (and 2 reserved CPUs) per trial
     seqmem sweep my.yaml --address auto                  # on a running Ray cluster (`ray start --head`)
     seqmem sweep my.yaml --gpus-per-trial 0.5            # two trials share each GPU
-    tensorboard --logdir sweeps/agreement
+    tensorboard --logdir lightning_logs/sweeps/agreement
 
-The sweep folder (``--out``, default ``sweeps/<config name>``) holds a copy of the config
+The sweep folder (``--out``, default ``lightning_logs/sweeps/<config name>``) holds a copy of the config
 (``sweep.yaml``), one run folder per trial (TensorBoard events, checkpoints, ``train.log``,
 ``result.json``), ``trials.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` (and ``curves.png``
 when the config lists ``curves``), and Ray Tune's own
@@ -215,7 +215,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="sweep config: a YAML path, or a shipped sweep's name (agreement.yaml)")
-    parser.add_argument("--out", type=Path, help="sweep folder (default: sweeps/<config name>)")
+    parser.add_argument("--out", type=Path, help="sweep folder (default: lightning_logs/sweeps/<config name>)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, and CPUs reserved, per trial")
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as fit)")
     parser.add_argument("--address", help="join this Ray cluster (auto, or host:port) instead of starting one")
@@ -229,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(f"--gpus-per-trial must be in [0, 1] (one trial trains on one GPU), got {args.gpus_per_trial:g}")
     try:
         sweep = load_sweep(args.config)
-        out = args.out or Path("sweeps") / sweep.path.stem
+        out = args.out or Path("lightning_logs") / "sweeps" / sweep.path.stem
         rows = run_sweep(sweep, out, args.threads, args.max_concurrent, args.address, args.gpus_per_trial)
     except ConfigError as error:
         _fail(str(error))
