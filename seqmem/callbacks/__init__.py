@@ -12,6 +12,7 @@ from seqmem.callbacks.clipping import ClippingEvents
 from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from seqmem.callbacks.predictions import PredictionWriter
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
 from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
 
@@ -24,6 +25,7 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "PeriodicDiagnostic",
+    "PredictionWriter",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
     "TimestepGradients",
