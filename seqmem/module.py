@@ -287,9 +287,17 @@ class SequenceModel(L.LightningModule):
         self._log_epoch("test")
 
     @override
-    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
-        pred, _ = self(batch["x"])
-        return pred
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Inputs, targets and predictions of one batch, as ``seqmem predict`` writes them: class ids (the argmax)
+        for a classification task, values for regression. A stateful task carries its state from batch to
+        batch, as evaluation does."""
+        if batch_idx == 0:
+            self.carried.reset("predict")
+        pred, state = self(batch["x"], self.carried.get("predict"))
+        self.carried.carry("predict", state)
+        if self.task.loss == "ce":
+            pred = pred.argmax(dim=-1)  # (B[, T])
+        return {"x": batch["x"], "y": batch["y"], "pred": pred}
 
     # ---- optimisation -------------------------------------------------------------------------
     def clip_settings(self) -> tuple[Optional[float], Optional[str]]:

@@ -2,6 +2,7 @@
 the product-of-Jacobians law, clip counting, spectra, horizons, and the TensorBoard events of a fit."""
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
+from torch.nn.utils import parametrize
 
 from seqmem.callbacks import (
     ClippingEvents,
@@ -22,12 +24,15 @@ from seqmem.callbacks import (
     RecurrentSpectrum,
     TimestepGradients,
     gradient_horizon,
+    gradient_norms,
     input_sensitivity,
     orthogonality_error,
+    parameter_tags,
     probe_loss,
     spectral_summary,
     timestep_grad_norms,
 )
+from seqmem.callbacks.grad_norms import derived_tags
 from seqmem.models import GRU, LSTM, MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData, adding_problem, copy_memory
@@ -343,7 +348,9 @@ def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path) -> None:
     assert steps(acc, "train/loss") == [4, 9, 14, 19], "per-step diagnostics share train/loss's x-axis"
     for image in ("grad_time/heatmap", "sensitivity/heatmap"):
         assert [e.step for e in acc.Images(image)] == [0, 10]
-    assert {e.height for e in acc.Images("grad_time/heatmap")} == {2 * 16}  # one band per layer
+    # Figures with axes and a colour bar: 7 × (1.6 + 0.35 per row) inches at 80 dpi, one row per layer.
+    assert {(e.width, e.height) for e in acc.Images("grad_time/heatmap")} == {(560, 184)}
+    assert {(e.width, e.height) for e in acc.Images("sensitivity/heatmap")} == {(560, 156)}
 
     at = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in expected}
     # Measured before clipping (clip 1e-3 clips every step), and the per-parameter tags partition the total.
@@ -356,6 +363,76 @@ def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path) -> None:
     (layout_event,) = acc.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
     assert {c.title for c in layout.category} == {"grad_norm", "clip", "spectral", "grad_time", "sensitivity"}
+    # TensorBoard searches each regex in the tag names: anchored, a chart plots exactly its own tags.
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert all(p.startswith("^") and p.endswith("$") for patterns in charts.values() for p in patterns)
+    logged = acc.Tags()["scalars"]
+    plotted = {title: {t for t in logged if any(re.search(p, t) for p in pats)} for title, pats in charts.items()}
+    assert plotted["fraction of steps clipped"] == {"clip/clipped", "clip/clipped_fraction"}
+    assert plotted["steps clipped so far"] == {"clip/clipped_steps"}
+    assert plotted["total"] == {"grad_norm/total"}
+    assert plotted["layer1 spectral radius"] == {f"spectral/layer1/{gate}/radius" for gate in "rzn"}
+
+
+@pytest.mark.parametrize("cell", sorted(MODELS))
+def test_every_trainable_parameter_has_a_tag_by_role(cell: str) -> None:
+    model = SequenceModel(CopyData(seq_len=4).spec, cell=cell, hidden_size=4, num_layers=2, embedding_size=3)
+    tags = parameter_tags(model)
+    assert len(tags) == sum(p.requires_grad for p in model.parameters())
+    groups = ("grad_norm/layer0/", "grad_norm/layer1/", "grad_norm/embedding/", "grad_norm/head/")
+    assert all(tag.startswith(groups) for tag in tags), "no parameter falls back to its module path"
+    roles = {tag.split("/")[2] for tag in tags if tag.startswith("grad_norm/layer")}
+    # The orthogonal cell has one bias (b_h of its fused kernel is a constant zero); W_h's parameter is A_skew.
+    assert roles == ({"W_in", "A_skew", "b_in"} if cell == "orthogonal" else {"W_in", "W_h", "b_in", "b_h"})
+
+
+def test_orthogonal_w_h_tag_is_the_gradient_of_the_computed_matrix() -> None:
+    torch.manual_seed(0)
+    model = SequenceModel(CopyData(seq_len=6).spec, cell="orthogonal", hidden_size=8, num_layers=2, embedding_size=5)
+    batch = copy_memory(4, 6, gen())
+
+    def backward() -> dict[str, torch.Tensor]:
+        model.loss(model(batch["x"])[0], batch["y"]).backward()
+        return gradient_norms(parameter_tags(model), derived_tags(model))
+
+    # Autograd's own dL/dW_h: with the parametrisation cached, every use of W_h in the forward is one tensor.
+    with parametrize.cached():
+        w_h = [model.net.recurrent[layer].weight for layer in (0, 1)]
+        for w in w_h:
+            w.retain_grad()
+        norms = backward()
+    for layer, w in enumerate(w_h):
+        skew = model.net.recurrent[layer].parametrizations.weight.original
+        assert norms[f"grad_norm/layer{layer}/W_h"].item() == pytest.approx(w.grad.norm().item(), rel=1e-6)
+        assert norms[f"grad_norm/layer{layer}/A_skew"].item() == pytest.approx(skew.grad.norm().item(), rel=1e-6)
+        assert norms[f"grad_norm/layer{layer}/W_h"].item() != pytest.approx(skew.grad.norm().item(), rel=1e-3)
+    # The total covers the parameters' gradients: the parameter tags add up to it, W_h (derived) stays outside.
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norms["grad_norm/total"].item() == pytest.approx(total.item(), rel=1e-6)
+    parts = [v for tag, v in norms.items() if tag != "grad_norm/total" and not tag.endswith("/W_h")]
+    assert math.hypot(*(v.item() for v in parts)) == pytest.approx(total.item(), rel=1e-5)
+    # Accumulated over backward passes as .grad is (gradient accumulation), fresh after zero_grad.
+    once = norms["grad_norm/layer0/W_h"].item()
+    assert backward()["grad_norm/layer0/W_h"].item() == pytest.approx(2 * once, rel=1e-5)
+    model.zero_grad()
+    assert backward()["grad_norm/layer0/W_h"].item() == pytest.approx(once, rel=1e-5)
+
+
+def test_orthogonal_w_h_tag_is_unscaled_under_fp16_loss_scaling(tmp_path: Path) -> None:
+    # The W_h hook sees the loss-scaled gradient; Lightning unscales the parameters' before the diagnostics run.
+    torch.manual_seed(0)
+    model = SequenceModel(CopyData(seq_len=6).spec, cell="orthogonal", hidden_size=8, embedding_size=5)
+    batch = copy_memory(4, 6, gen())
+    model.loss(model(batch["x"])[0], batch["y"]).backward()
+    true_norm = model.net.derived_gradients(0)["W_h"].norm().item()
+    model.zero_grad()
+    (1024.0 * model.loss(model(batch["x"])[0], batch["y"])).backward()
+    trainer = stub_trainer(tmp_path, log_every_n_steps=1)
+    trainer.precision_plugin = SimpleNamespace(scaler=SimpleNamespace(get_scale=lambda: 1024.0))
+    GradientNorms().on_before_optimizer_step(trainer, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.loggers[0].experiment.flush()
+    (event,) = events(tmp_path).Scalars("grad_norm/layer0/W_h")
+    assert event.value == pytest.approx(true_norm, rel=1e-5)
 
 
 def test_orthogonal_fit_logs_its_distance_from_orthogonality(tmp_path: Path) -> None:

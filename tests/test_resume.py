@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, REPO_ROOT, fit_args
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seqmem.cli import run_cli
 
@@ -121,3 +122,38 @@ print(json.dumps({{"val": {{k: float(v) for k, v in cli.trainer.callback_metrics
     fresh = json.loads(done.stdout.strip().splitlines()[-1])
     assert fresh["val"]["val/loss"] == pytest.approx(float(expected_val.trainer.callback_metrics["val/loss"]), rel=1e-6)
     torch.testing.assert_close(torch.tensor(fresh["pred"]), model.eval()(x)[0])
+
+
+# Both probes every 2 steps, so that the resumed half of the run probes too.
+PROBES = json.dumps(
+    [
+        {"class_path": f"seqmem.callbacks.{name}", "init_args": {"every_n_steps": 2, "probe_batch_size": 4}}
+        for name in ("TimestepGradients", "InputSensitivity")
+    ]
+)
+
+
+def probe_values(root: Path) -> dict[tuple[str, int], float]:
+    """Every probe scalar that any run under ``root`` wrote: (tag, step) -> value."""
+    values = {}
+    for path in sorted(root.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            if tag.startswith(("grad_time/", "sensitivity/")):
+                values.update({(tag, event.step): event.value for event in accumulator.Scalars(tag)})
+    return values
+
+
+def test_probes_go_on_with_the_same_batch_after_a_resume(workdir):
+    """Resumed at batch 4, the probes must keep the probe batch of the run's first step (batch 0), saved in
+    the checkpoint, not take batch 4: the curves of a resumed run equal the uninterrupted run's."""
+    args = [*COPY, "--model.cell", "gru", "--trainer.callbacks", PROBES]
+    fit(workdir / "whole", args, max_steps=8, every=2)
+    fit(workdir / "parts", args, max_steps=4, every=2)
+    fit(workdir / "parts", args, max_steps=8, every=2, extra=("--ckpt_path", "last"))
+    whole, parts = probe_values(workdir / "whole"), probe_values(workdir / "parts")
+    assert {step for _, step in whole} == {0, 2, 4, 6}
+    assert parts.keys() == whole.keys()
+    for key, value in whole.items():
+        assert parts[key] == pytest.approx(value, rel=1e-6), key

@@ -13,6 +13,7 @@ from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
 from seqmem.callbacks.jacobian import JacobianSpectrum, jacobian_spectrum, predicted_horizon
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from seqmem.callbacks.predictions import PredictionWriter
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
 from seqmem.callbacks.solved import StepsToSolve
 from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
@@ -27,6 +28,7 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "PeriodicDiagnostic",
+    "PredictionWriter",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
     "StepsToSolve",

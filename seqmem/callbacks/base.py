@@ -15,16 +15,20 @@ which Lightning logs ``train/loss`` — for the per-step diagnostics; and ``step
 Writing: scalars and images go straight to the TensorBoard logger's ``SummaryWriter`` as
 ``add_scalar`` / ``add_image`` tags (never ``add_scalars``, which opens one writer per key), and
 only on global rank 0 — every other rank skips the work entirely, so no diagnostic adds a
-collective operation to a DDP run.
+collective operation to a DDP run. Heatmaps are matplotlib figures (axes, colour bar) drawn on the
+Agg canvas, without pyplot, on probe steps only.
 """
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import get_protocol_members, override
@@ -64,11 +68,14 @@ def check_diagnosable(pl_module: "L.LightningModule") -> None:
 # Custom-scalars layout: {category: {chart title: ["Multiline", [tag regex, ...]]}}.
 Layout = dict[str, dict[str, list]]
 
-# Viridis sampled at 0, 1/4, 1/2, 3/4, 1: perceptually ordered, readable in greyscale.
-_VIRIDIS = (
-    torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=torch.float32)
-    / 255.0
-)
+
+def chart(*tags: str) -> list:
+    """A custom-scalars chart of the tags matching the regexes ``tags``, anchored at both ends.
+
+    TensorBoard *searches* each regex in the tag names, so an unanchored ``clip/clipped`` would also plot
+    ``clip/clipped_steps`` (a count) among fractions.
+    """
+    return ["Multiline", [f"^{tag}$" for tag in tags]]
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -100,31 +107,42 @@ def logging_step(trainer: "L.Trainer") -> bool:
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
-def heatmap(log_values: Tensor, low: float, high: float, cell: tuple[int, int]) -> Tensor:
-    """An RGB image of a (R, C) map: ``low`` -> dark purple, ``high`` -> yellow, clamped between.
+def norm_image(norms: Tensor, decades: float, xlabel: str, ylabel: str, quantity: str) -> np.ndarray:
+    """A heatmap of (R, T) norms, readable on its own: log10(norm / max) from −``decades`` to 0 in viridis,
+    one row per R (layers), T along the x axis, with axis labels, a colour bar and the max in the title.
 
     Args:
-        log_values: (R, C) values to colour (already on a log scale).
-        low: value drawn with the first colour.
-        high: value drawn with the last colour.
-        cell: (height, width) in pixels of each entry, so that a few layers stay visible.
+        norms: (R, T) non-negative norms.
+        decades: orders of magnitude spanned by the colour scale; smaller ratios share its darkest colour.
+        xlabel: what the columns are (time step t, input position ℓ).
+        ylabel: what the rows are ("layer"), or "" for a single unlabelled row.
+        quantity: the norm's name in the title and colour bar, e.g. "‖dL/dh_t‖".
 
     Returns:
-        (3, R * height, C * width) float image in [0, 1], for ``SummaryWriter.add_image``.
+        (H, W, 3) uint8 RGB image for ``SummaryWriter.add_image(..., dataformats="HWC")``.
     """
-    position = ((log_values.float() - low) / (high - low)).clamp(0, 1) * (len(_VIRIDIS) - 1)  # (R, C)
-    lower = position.floor().long().clamp(max=len(_VIRIDIS) - 2)  # (R, C)
-    frac = (position - lower).unsqueeze(-1)  # (R, C, 1)
-    colours = _VIRIDIS.to(log_values.device)
-    rgb = colours[lower] * (1 - frac) + colours[lower + 1] * frac  # (R, C, 3)
-    rgb = rgb.repeat_interleave(cell[0], dim=0).repeat_interleave(cell[1], dim=1)  # (R*h, C*w, 3)
-    return rgb.permute(2, 0, 1)  # (3, R*h, C*w)
-
-
-def norm_heatmap(norms: Tensor, decades: float) -> Tensor:
-    """(R, T) norms -> RGB image of log10(norm / max norm), from −``decades`` (dark) to 0 (yellow)."""
-    log_norms = norms.clamp_min(torch.finfo(norms.dtype).tiny).log10()  # (R, T)
-    return heatmap(log_norms - log_norms.max(), -decades, 0.0, cell=(16, max(1, 512 // norms.shape[1])))
+    log_norms = norms.detach().float().clamp_min(torch.finfo(torch.float32).tiny).log10()  # (R, T)
+    peak = log_norms.max()
+    rows, steps = log_norms.shape
+    figure = Figure(figsize=(7.0, 1.6 + 0.35 * rows), dpi=80, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        (log_norms - peak).cpu().numpy(),
+        aspect="auto",
+        cmap="viridis",
+        vmin=-decades,
+        vmax=0.0,
+        interpolation="nearest",
+        extent=(-0.5, steps - 0.5, rows - 0.5, -0.5),
+    )
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_yticks(range(rows) if ylabel else [])
+    axes.set_title(f"{quantity} relative to its max ({10 ** peak.item():.3g})", fontsize="medium")
+    figure.colorbar(image, ax=axes, label=f"log10({quantity} / max)")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
 
 
 def gradient_horizon(norms: Tensor, threshold: float = 1e-3) -> Tensor:
@@ -256,8 +274,21 @@ class ProbeDiagnostic(PeriodicDiagnostic):
     def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
         if self.probe is None:
             return
+        device = next(pl_module.parameters()).device  # a probe restored from a checkpoint arrives on the CPU
+        x, y = (self.probe[key].to(device) for key in ("x", "y"))
         with probe_mode(pl_module):
-            self.probe_and_log(writer, pl_module, self.probe["x"], self.probe["y"], step)
+            self.probe_and_log(writer, pl_module, x, y, step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # The probe batch travels in checkpoints: a resumed run goes on probing the same batch (its first
+        # training batch would be another), so its curves continue instead of jumping.
+        probe = None if self.probe is None else {key: value.cpu() for key, value in self.probe.items()}
+        return {"probe": probe}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe = state_dict["probe"]
 
     def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         """Run the probe on (x, y) and write its tags at ``step``."""

@@ -17,6 +17,7 @@ from seqmem.callbacks.base import (
     Diagnosable,
     Diagnostic,
     Layout,
+    chart,
     logging_step,
     params_with_grad,
     tensorboard_writer,
@@ -46,9 +47,10 @@ class ClippingEvents(Diagnostic):
     def layout(self, pl_module: Diagnosable) -> Layout:
         return {
             "clip": {
-                "norm before / after clipping": ["Multiline", [r"clip/(pre|post)_norm"]],
-                "fraction of steps clipped": ["Multiline", ["clip/clipped_fraction", "clip/clipped"]],
-                "fraction of entries clipped (value clipping)": ["Multiline", [r"clip/entries_clipped.*"]],
+                "norm before / after clipping": chart(r"clip/(pre|post)_norm"),
+                "fraction of steps clipped": chart("clip/clipped_fraction", "clip/clipped"),
+                "steps clipped so far": chart("clip/clipped_steps"),
+                "fraction of entries clipped (value clipping)": chart(r"clip/entries_clipped(_all)?"),
             }
         }
 

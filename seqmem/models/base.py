@@ -75,6 +75,12 @@ class RecurrentNet(nn.Module):
         """The trainable tensors of one layer by role (W_in, W_h, b_in, b_h...) for diagnostics."""
         raise NotImplementedError
 
+    def derived_gradients(self, layer: int) -> dict[str, Tensor]:
+        """Gradients, by role, of tensors of one layer that are computed from parameters rather than parameters
+        themselves (the orthogonal cell's W_h), as the backward passes since the last ``zero_grad`` left them;
+        none by default."""
+        return {}
+
     def orthogonal_parameters(self) -> list[nn.Parameter]:
         """The parameters behind an orthogonal W_h, which train at their own learning rate; none by default."""
         return []

@@ -12,6 +12,7 @@ Batches are dicts:
 """
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -76,13 +77,21 @@ class TaskSpec:
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))  # over B*T targets
 
 
-class TaskDataModule(L.LightningDataModule):
-    """Base class of every task: subclasses provide :attr:`spec` and their dataloaders."""
+class TaskDataModule(L.LightningDataModule, ABC):
+    """Base class of every task: subclasses provide :attr:`spec` and their dataloaders.
+
+    Abstract, as is :class:`SyntheticTask`: ``--data`` offers (and accepts) only the concrete tasks.
+    """
 
     @property
+    @abstractmethod
     def spec(self) -> TaskSpec:
         """The task's sizes, loss and baseline — available right after ``__init__``."""
-        raise NotImplementedError
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        """``seqmem predict`` runs on the test split."""
+        return self.test_dataloader()
 
 
 class SyntheticTask(TaskDataModule):
@@ -106,9 +115,9 @@ class SyntheticTask(TaskDataModule):
         require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
         require(seed >= 0, f"data.seed must be >= 0, got {seed}")
 
+    @abstractmethod
     def make_batch(self, generator: torch.Generator) -> dict:
         """One batch, a pure function of ``generator``."""
-        raise NotImplementedError
 
     def _loader(self, split: int, num_batches: int) -> DataLoader:
         # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.
