@@ -5,7 +5,6 @@ seqmem sweep agreement      # a grid of seeded fits on Ray Tune (seqmem/sweep/)
 """
 
 import inspect
-import os
 import sys
 import tempfile
 from argparse import ArgumentError
@@ -22,29 +21,17 @@ from typing_extensions import override
 from seqmem.callbacks.nonfinite import NonFiniteError
 from seqmem.callbacks.predictions import PredictionWriter
 from seqmem.checkpoints import load_checkpoint, mismatch, newest_match
+from seqmem.configs import DEFAULTS, TASK_CONFIGS, find_config
 from seqmem.errors import ConfigError, quote, require, shorten
 from seqmem.module import SequenceModel
 from seqmem.tasks import TaskDataModule
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
-# Shared defaults (seed, logging cadence, the diagnostics) read before any --config.
-DEFAULTS = CONFIGS / "defaults.yaml"
-#: The task configs shipped in the package, which --config also finds by name.
-SHIPPED_CONFIGS = tuple(sorted(path.stem for path in CONFIGS.glob("*.yaml") if path != DEFAULTS))
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CONFIG_HELP = (
     "A config file (yaml or json), or the name of one shipped with seqmem: "
-    f"{', '.join(SHIPPED_CONFIGS)} (with or without .yaml; a file of that name in the working directory comes "
+    f"{', '.join(TASK_CONFIGS)} (with or without .yaml; a file of that name in the working directory comes "
     "first). May be given several times: later files and options override earlier ones."
 )
-
-
-def shipped_config(value: str) -> str:
-    """``value`` itself when it is an existing file or not a shipped config's name, else that config's path."""
-    name = value.removesuffix(".yaml")
-    if os.path.isfile(value) or name not in SHIPPED_CONFIGS:
-        return value
-    return str(CONFIGS / f"{name}.yaml")
 
 
 class ConfigFileOrName(ActionConfigFile):
@@ -52,7 +39,7 @@ class ConfigFileOrName(ActionConfigFile):
 
     @override
     def __call__(self, parser, cfg, values, option_string=None) -> None:
-        super().__call__(parser, cfg, shipped_config(values), option_string)
+        super().__call__(parser, cfg, find_config(values), option_string)
 
 
 class SeqmemCLI(LightningCLI):

@@ -106,7 +106,7 @@ def test_shipped_sweep_parses():
     [
         ({"budgett": 5}, "unknown key 'budgett'; allowed: base, budget"),
         ({"budget": 0}, "budget must be a whole number of steps >= 1, got 0"),
-        ({"base": "nope.yaml"}, "base 'nope.yaml' is neither a shipped config (adding.yaml, agreement.yaml"),
+        ({"base": "nope.yaml"}, "base 'nope.yaml' is neither a shipped config (adding, agreement"),
         ({"set": {"trainer.max_steps": 9}}, "set: trainer.max_steps is set by the sweep (set budget instead)"),
         ({"grid": {"data.seq_len": []}}, "grid.data.seq_len is empty"),
         ({"grid": {"model": {"gru": "gru"}}}, "grid.model.gru must be a mapping of options"),

@@ -36,10 +36,9 @@ from typing import Any, Optional
 
 import yaml
 
-from seqmem.errors import ConfigError, require
+from seqmem.configs import CONFIGS, SWEEP_CONFIGS, SWEEPS, TASK_CONFIGS, find_config
+from seqmem.errors import ConfigError, quote, require
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SWEEPS = CONFIGS / "sweeps"
 KEYS = ("base", "budget", "solved", "stop_when_solved", "set", "grid", "record", "curves")
 SEED_AXES = ("seed_everything", "seed")
 # Options the sweep sets itself, with what to use instead.
@@ -174,14 +173,10 @@ def load_sweep(config: str) -> Sweep:
     Raises:
         ConfigError: one line naming the key at fault and what is allowed.
     """
-    path = Path(config).expanduser()
-    if not path.is_file():
-        shipped = sorted(p.name for p in SWEEPS.glob("*.yaml"))
-        require(
-            (SWEEPS / config).is_file(),
-            f"sweep config {config!r}: no such file, nor a shipped sweep ({', '.join(shipped)})",
-        )
-        path = SWEEPS / config
+    path = Path(find_config(config, SWEEPS)).expanduser()
+    require(
+        path.is_file(), f"sweep config {quote(config)}: no such file, nor a shipped sweep ({', '.join(SWEEP_CONFIGS)})"
+    )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -272,12 +267,12 @@ def parse_axis(key: Any, values: Any) -> Axis:
 def resolve_base(base: Any, folder: Path) -> Path:
     """A shipped config by name (``agreement.yaml``), else a path relative to the sweep config's folder."""
     require(isinstance(base, str) and base, f"sweep config: base must be a config name or path, got {base!r}")
-    if (CONFIGS / base).is_file() and "/" not in base:
-        return CONFIGS / base
+    if base.removesuffix(".yaml") in TASK_CONFIGS:  # a shipped config by name
+        return CONFIGS / f"{base.removesuffix('.yaml')}.yaml"
     path = Path(base).expanduser()
     path = path if path.is_absolute() else folder / path
-    shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml")))
-    require(path.is_file(), f"sweep config: base {base!r} is neither a shipped config ({shipped}) nor a file ({path})")
+    shipped = ", ".join(TASK_CONFIGS)
+    require(path.is_file(), f"sweep config: base {quote(base)} is neither a shipped config ({shipped}) nor a file")
     return path.resolve()
 
 
