@@ -35,9 +35,9 @@ def parameter_tags(pl_module: Diagnosable) -> dict[str, nn.Parameter]:
 
 
 def gradient_norms(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
-    """L2 norm of each parameter's gradient (0 where it has none) and ``grad_norm/total``, on device."""
+    """L2 norm of each parameter's gradient (0 where it has none) and ``grad_norm/total``, on device, in float32."""
     grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
-    norms = torch._foreach_norm(grads)  # one batched kernel for all of them
+    norms = torch._foreach_norm(grads, dtype=torch.float32)  # one batched kernel for all of them
     values = dict(zip(params, norms, strict=True))
     values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms))
     return values
