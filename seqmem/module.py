@@ -11,6 +11,7 @@ from typing import Any, Iterator, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -24,6 +25,23 @@ from seqmem.tasks.spec import TaskSpec
 torch.serialization.add_safe_globals([TaskSpec])
 
 ClipAlgorithm = Literal["norm", "value"]
+
+
+def restore_cuda_rng_state(states: Optional[list[Tensor]]) -> None:
+    """Give every visible GPU its random state back from a checkpoint (None: written without CUDA).
+
+    A checkpoint from a machine with another number of GPUs cannot be matched device to device: the
+    generators keep their seeded state, with a warning that the resumed run is not bit-exact.
+    """
+    if states is None or not torch.cuda.is_available():
+        return
+    if len(states) != torch.cuda.device_count():
+        rank_zero_warn(
+            f"the checkpoint holds the random state of {len(states)} GPUs, this machine has "
+            f"{torch.cuda.device_count()}: GPU random states are not restored, so dropout differs from the original run"
+        )
+        return
+    torch.cuda.set_rng_state_all(states)
 
 
 class SequenceModel(L.LightningModule):
@@ -227,18 +245,21 @@ class SequenceModel(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and
-        # the CPU random state (dropout). Lightning restores neither by itself.
+        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and the
+        # random states that dropout draws from, the CPU's and every visible GPU's. Lightning restores none.
         carried = self.carried.gather_train(self)
         if carried is not None:
             checkpoint["carried_train_state"] = carried
         checkpoint["cpu_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when training starts: the trainer (ranks, device) is known only then, and a model
         # loaded for analysis (load_from_checkpoint) must not reset the global random state.
-        self._resume_from = {key: checkpoint.get(key) for key in ("cpu_rng_state", "carried_train_state")}
+        keys = ("cpu_rng_state", "cuda_rng_state", "carried_train_state")
+        self._resume_from = {key: checkpoint.get(key) for key in keys}
 
     @override
     def on_train_start(self) -> None:
@@ -247,6 +268,7 @@ class SequenceModel(L.LightningModule):
             return
         if checkpoint["cpu_rng_state"] is not None:
             torch.set_rng_state(checkpoint["cpu_rng_state"])
+        restore_cuda_rng_state(checkpoint["cuda_rng_state"])
         if checkpoint["carried_train_state"] is not None:
             trainer = self.trainer
             self.carried.restore_train(

@@ -13,6 +13,8 @@ from conftest import CONFIGS, REPO_ROOT, fit_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seqmem.cli import run_cli
+from seqmem.module import SequenceModel
+from seqmem.tasks import CopyData
 
 COPY = [
     "--config",
@@ -89,6 +91,7 @@ def test_resume_equals_an_uninterrupted_run_lm_with_carried_state(workdir):
     checkpoint = torch.load(
         workdir / "parts" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
     )
+    assert ("cuda_rng_state" in checkpoint) == torch.cuda.is_available()  # written where there are GPUs
     h, c = checkpoint["carried_train_state"]  # the config's 2-layer LSTM carries (h, c)
     assert h.shape == c.shape == (1, 2, 3, 12)  # (world size, layers, B, H)
     resumed, trainer = fit(workdir / "parts", args, max_steps=12, every=3, extra=("--ckpt_path", "last"))
@@ -109,6 +112,8 @@ def test_checkpoint_loads_in_a_fresh_process(workdir):
     script = f"""
 import json, torch
 from seqmem.cli import run_cli
+from seqmem.module import SequenceModel
+from seqmem.tasks import CopyData
 from seqmem.module import SequenceModel
 cli = run_cli(["validate", *{[*COPY, "--trainer.enable_progress_bar", "false"]!r},
                "--trainer.default_root_dir", {str(workdir / "fresh")!r}, "--ckpt_path", {str(ckpt)!r}])
@@ -157,3 +162,59 @@ def test_probes_go_on_with_the_same_batch_after_a_resume(workdir):
     assert parts.keys() == whole.keys()
     for key, value in whole.items():
         assert parts[key] == pytest.approx(value, rel=1e-6), key
+
+
+class FakeCuda:
+    """torch.cuda's random-state functions on a machine with ``devices`` GPUs, recording what is restored."""
+
+    def __init__(self, devices: int):
+        self.devices = devices
+        self.states = [torch.full((16,), 10 + i, dtype=torch.uint8) for i in range(devices)]
+        self.restored: list[list[torch.Tensor]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.devices)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.restored.append)
+
+
+def saved_and_resumed(monkeypatch: pytest.MonkeyPatch, saver: FakeCuda | None, loader: FakeCuda | None) -> dict:
+    """on_save_checkpoint on one machine, then on_load_checkpoint and on_train_start on another (None: no CUDA)."""
+    model = SequenceModel(CopyData(seq_len=4).spec, cell="gru", hidden_size=4)
+    with monkeypatch.context() as patch:
+        if saver is not None:
+            saver.install(patch)
+        checkpoint: dict = {}
+        model.on_save_checkpoint(checkpoint)
+    expected_cpu = checkpoint["cpu_rng_state"].clone()
+    torch.rand(3)  # the CPU generator moves on; resuming must bring it back
+    with monkeypatch.context() as patch:
+        if loader is not None:
+            loader.install(patch)
+        resumed = SequenceModel(CopyData(seq_len=4).spec, cell="gru", hidden_size=4)
+        resumed.on_load_checkpoint(checkpoint)
+        resumed.on_train_start()
+    assert torch.equal(torch.get_rng_state(), expected_cpu)
+    return checkpoint
+
+
+def test_the_random_state_of_every_gpu_is_saved_and_restored(monkeypatch):
+    saver, loader = FakeCuda(devices=2), FakeCuda(devices=2)
+    checkpoint = saved_and_resumed(monkeypatch, saver, loader)
+    assert [s.tolist() for s in checkpoint["cuda_rng_state"]] == [s.tolist() for s in saver.states]
+    assert len(loader.restored) == 1
+    assert [s.tolist() for s in loader.restored[0]] == [s.tolist() for s in saver.states]
+
+
+def test_checkpoints_without_gpu_random_states_resume_on_a_gpu_machine_and_vice_versa(monkeypatch):
+    cpu_written = saved_and_resumed(monkeypatch, None, gpu := FakeCuda(devices=1))
+    assert "cuda_rng_state" not in cpu_written and gpu.restored == []
+    saved_and_resumed(monkeypatch, FakeCuda(devices=1), None)  # no CUDA here: the GPU states are ignored
+
+
+def test_gpu_random_states_of_another_gpu_count_are_left_with_a_warning(monkeypatch):
+    loader = FakeCuda(devices=1)
+    with pytest.warns(UserWarning, match="random state of 2 GPUs, this machine has 1"):
+        saved_and_resumed(monkeypatch, FakeCuda(devices=2), loader)
+    assert loader.restored == []

@@ -4,7 +4,9 @@ When: every diagnostic measures in ``on_before_optimizer_step``. Lightning calls
 backward pass, after the DDP all-reduce and after AMP unscaling, and *before* any clipping — its own
 Trainer clipping comes after the hook, and SequenceModel clips in its own ``on_before_optimizer_step``,
 which Lightning calls after the callbacks'. So every diagnostic sees the averaged, unscaled, pre-clip
-gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike.
+gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike. (Under
+16-mixed, a fused optimizer unscales inside its own step, after the hook: that pairing is refused.) Norms
+and spectra are computed in float32 whatever the precision, so a tag means the same in every precision.
 
 Steps: the x-axis is ``trainer.global_step`` at that hook, the index of the optimizer step being taken
 (it advances once per chunk under truncated BPTT). Two rules decide when a diagnostic writes:
@@ -55,6 +57,25 @@ class Diagnosable(Protocol):
     def clip_settings(self) -> tuple[Optional[float], Optional[str]]: ...
 
 
+def check_unscaled_gradients(trainer: "L.Trainer") -> None:
+    """Under 16-mixed, Lightning unscales the gradients before ``on_before_optimizer_step`` — except for an
+    optimizer that unscales inside its own step (``fused=True``), whose gradients every diagnostic would read
+    multiplied by the loss scale.
+
+    Raises:
+        ConfigError: naming the optimizer and the ways out.
+    """
+    if getattr(trainer.precision_plugin, "scaler", None) is None:
+        return
+    for optimizer in trainer.optimizers:
+        require(
+            not getattr(optimizer, "_step_supports_amp_scaling", False),
+            f"precision 16-mixed with a fused {type(optimizer).__name__}: it unscales the gradients inside its "
+            "step, after the diagnostics have read them (multiplied by the loss scale); use --trainer.precision "
+            "bf16-mixed, or the optimizer without fused=True",
+        )
+
+
 def check_diagnosable(pl_module: "L.LightningModule") -> None:
     """Raise a TypeError naming every member of :class:`Diagnosable` that ``pl_module`` lacks."""
     missing = sorted(name for name in get_protocol_members(Diagnosable) if not hasattr(pl_module, name))
@@ -93,6 +114,12 @@ def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -
     numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()  # one sync
     for tag, number in zip(values, numbers, strict=True):
         writer.add_scalar(tag, number, step)
+
+
+def total_norm(tensors: list[Tensor]) -> Tensor:
+    """L2 norm of all the tensors together, in float32 whatever their dtype (a half-precision sum of squares
+    overflows at 65504), on the device: NaN or inf when any entry is."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=torch.float32)))
 
 
 def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
@@ -179,6 +206,7 @@ class Diagnostic(L.Callback):
         if diagnostics[0] is not self:
             return
         check_diagnosable(pl_module)
+        check_unscaled_gradients(trainer)
         if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)

@@ -61,10 +61,10 @@ def derived_tags(pl_module: Diagnosable) -> dict[str, Tensor]:
 
 def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
     """L2 norm of each parameter's gradient (0 where it has none), ``grad_norm/total`` (of the parameters'
-    gradients only) and the norm of each ``derived`` gradient, on device."""
+    gradients only) and the norm of each ``derived`` gradient, on device, in float32 whatever the precision."""
     derived = derived or {}
     grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
-    norms = torch._foreach_norm(grads + list(derived.values()))  # one batched kernel for all of them
+    norms = torch._foreach_norm(grads + list(derived.values()), dtype=torch.float32)  # one batched kernel
     values = dict(zip([*params, *derived], norms, strict=True))
     values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms[: len(params)]))
     return values
