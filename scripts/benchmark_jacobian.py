@@ -21,7 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from seqmem.callbacks import JacobianSpectrum, jacobian_spectrum
-from seqmem.callbacks.base import probe_mode
+from seqmem.callbacks.probe import probe_mode
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData

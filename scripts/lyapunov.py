@@ -26,8 +26,8 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from seqmem.callbacks import gradient_horizon, predicted_horizon, spectral_summary, timestep_grad_norms
-from seqmem.callbacks.base import probe_mode
 from seqmem.callbacks.jacobian import layer_trajectories, lyapunov_exponents
+from seqmem.callbacks.probe import probe_mode
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData

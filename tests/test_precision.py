@@ -22,7 +22,7 @@ from seqmem.callbacks import (
     TimestepGradients,
     timestep_grad_norms,
 )
-from seqmem.callbacks.base import probe_mode
+from seqmem.callbacks.probe import probe_mode
 from seqmem.errors import ConfigError
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel

@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, chart, norm_image, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.probe import CurveProbe, norm_image
 from seqmem.errors import require_choice
 
 ProbeLoss = Literal["last", "task"]
@@ -52,7 +53,7 @@ def timestep_grad_norms(pl_module: Diagnosable, x: Tensor, y: Tensor, loss: Prob
     return torch.stack(torch._foreach_norm(grads)).view(len(hiddens), -1)  # (L, T)
 
 
-class TimestepGradients(ProbeDiagnostic):
+class TimestepGradients(CurveProbe):
     """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps: ``grad_time/heatmap`` (a figure: one row
     per layer, time step t left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0, with axes,
     colour bar and the max in the title),

@@ -31,7 +31,8 @@ from torch.func import jvp, vjp, vmap
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.probe import ProbeDiagnostic
 from seqmem.errors import require
 from seqmem.models import RecurrentNet
 
@@ -309,12 +310,13 @@ class JacobianSpectrum(ProbeDiagnostic):
         threshold: float = 1e-3,
         seed: int = 0,
     ):
-        # No per-lag ratios and no heatmap here: the base class's lags and decades are unused.
-        super().__init__(every_n_steps, probe_batch_size, lags=(), threshold=threshold, decades=1.0)
+        super().__init__(every_n_steps, probe_batch_size)
+        require(0 < threshold < 1, f"threshold of JacobianSpectrum must be in (0, 1), got {threshold}")
         require(k >= 1, f"k of JacobianSpectrum must be >= 1, got {k}")
         require(power_iterations >= 1, f"power_iterations of JacobianSpectrum must be >= 1, got {power_iterations}")
         require(seed >= 0, f"seed of JacobianSpectrum must be >= 0, got {seed}")
         self.k = k
+        self.threshold = threshold
         self.power_iterations = power_iterations
         self.seed = seed
         # (step, (L, k) exponents on the CPU) of every probe so far, for the spectrum image.
@@ -324,16 +326,14 @@ class JacobianSpectrum(ProbeDiagnostic):
     def layout(self, pl_module: Diagnosable) -> Layout:
         lyapunov, jacobian = {}, {}
         for layer in range(pl_module.net.num_layers):
-            lyapunov[f"layer{layer} exponents"] = ["Multiline", [rf"lyapunov/layer{layer}/lambda_\d+$"]]
-            lyapunov[f"layer{layer} gradient horizon: predicted from λ_1 vs measured"] = [
-                "Multiline",
-                [rf"(lyapunov/layer{layer}/predicted_horizon|grad_time/layer{layer}/horizon)$"],
-            ]
-            jacobian[f"layer{layer} σ_max(J_t): median and max over t"] = [
-                "Multiline",
-                [rf"jacobian/layer{layer}/sigma_max_(median|max)$"],
-            ]
-        lyapunov["sum of the k exponents"] = ["Multiline", [r"lyapunov/layer\d+/sum$"]]
+            lyapunov[f"layer{layer} exponents"] = chart(rf"lyapunov/layer{layer}/lambda_\d+")
+            lyapunov[f"layer{layer} gradient horizon: predicted from λ_1 vs measured"] = chart(
+                f"lyapunov/layer{layer}/predicted_horizon", f"grad_time/layer{layer}/horizon"
+            )
+            jacobian[f"layer{layer} σ_max(J_t): median and max over t"] = chart(
+                f"jacobian/layer{layer}/sigma_max_(median|max)"
+            )
+        lyapunov["sum of the k exponents"] = chart(r"lyapunov/layer\d+/sum")
         return {"lyapunov": lyapunov, "jacobian": jacobian}
 
     @override

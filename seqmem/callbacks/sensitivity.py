@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, chart, norm_image, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.probe import CurveProbe, norm_image
 from seqmem.errors import require
 
 
@@ -43,7 +44,7 @@ def input_sensitivity(pl_module: Diagnosable, x: Tensor, projections: int, seed:
     return vjp.square().sum(dim=-1).mean(dim=(0, 1)).sqrt()  # (T,)
 
 
-class InputSensitivity(ProbeDiagnostic):
+class InputSensitivity(CurveProbe):
     """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps: ``sensitivity/heatmap`` (a figure, one
     row, input position ℓ left to right, colour log10(norm / max) from −``decades`` to 0, with axes,
     colour bar and the max in the title),
