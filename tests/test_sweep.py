@@ -17,7 +17,7 @@ from seqmem.sweep import Spread, TrialRow, load_sweep, run_sweep, summarise
 from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
-from seqmem.sweep.trial import TrialError, run_trial
+from seqmem.sweep.trial import TrialError, run_trial, train
 
 # Adding, T = 10, hidden 8: a trial is a second of training; the run folders' names are the grid's.
 TINY = {
@@ -209,6 +209,23 @@ def test_curves_take_a_scale_per_tag_or_a_list(tmp_path):
     assert load_sweep(str(write_config(tmp_path, curves=["val/acc"]))).curves == (("val/acc", "linear"),)
     with pytest.raises(ConfigError, match="curves.val/acc must be linear or log"):
         load_sweep(str(write_config(tmp_path, curves={"val/acc": "loglog"})))
+
+
+def test_a_run_the_guard_stops_is_reported_as_diverged_not_as_an_error(workdir):
+    # W_h at spectral radius 20, SGD at lr 1e3, no clipping: the updates go non-finite within a few steps.
+    args = ["fit", "--config", "adding", "--trainer.default_root_dir", str(workdir)]
+    args += (
+        "--model.cell vanilla --model.hidden_size 8 --model.spectral_radius 20 --model.optimizer SGD "
+        "--model.optimizer.lr 1000 --trainer.gradient_clip_val null --data.seq_len 30 --data.batch_size 8 "
+        "--trainer.max_steps 60 --trainer.enable_progress_bar false --trainer.enable_model_summary false"
+    ).split()
+    result = train(args, threads=1)
+    assert result["status"] == "diverged" and 10 <= result["steps"] < 60
+    diverged = TrialRow("model=vanilla,seed=0", {"model": "vanilla", "seed": 0}, "diverged", steps=result["steps"])
+    (summary,) = summarise([diverged, row("vanilla", 1, "solved", 100)], ["model"], [])
+    assert (summary.runs, summary.solved, summary.diverged, summary.errors) == (2, 1, 1, 0)
+    assert math.isinf(summary.steps.high) and summary.steps.low == 100  # diverged counts as not solved
+    assert diverged.outcome(60) == f"diverged: stopped by the non-finite guard at step {result['steps']}"
 
 
 def test_half_unsolved_has_an_unsolved_median():

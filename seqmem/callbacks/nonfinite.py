@@ -44,7 +44,16 @@ from seqmem.errors import require
 
 
 class NonFiniteError(RuntimeError):
-    """Training stopped after too many consecutive non-finite updates; the message says where."""
+    """Training stopped after too many consecutive non-finite updates; the message says where.
+
+    Args:
+        message: the one-line report.
+        step: the optimizer step at which training stopped.
+    """
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 def stop_checkpoint_path(trainer: L.Trainer) -> Path:
@@ -179,7 +188,8 @@ class NonFiniteGuard(L.Callback):
         raise NonFiniteError(
             f"training stopped at step {step}: the {consecutive} updates of steps {step - consecutive + 1}-{step} "
             f"had a non-finite loss or gradient and were skipped (last finite gradient norm {last}); the last good "
-            f"weights are saved in {path}. Lower the learning rate or set model.gradient_clip_val."
+            f"weights are saved in {path}. Lower the learning rate or set model.gradient_clip_val.",
+            step=step,
         )
 
     # ---- hooks on the optimizers, and checkpoints ------------------------------------------------------

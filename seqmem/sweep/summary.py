@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from seqmem.sweep.config import Sweep
 
-FINISHED = ("solved", "not solved", "no criterion")
+FINISHED = ("solved", "not solved", "diverged", "no criterion")
 
 
 @dataclass
@@ -30,7 +30,8 @@ class TrialRow:
     Args:
         name: run name (the run folder under the sweep folder).
         values: {axis name: label}.
-        status: ``solved``, ``not solved``, ``no criterion`` (finished, nothing to solve), ``error`` or
+        status: ``solved``, ``not solved``, ``diverged`` (stopped by the non-finite guard: its updates kept
+            going NaN or inf; counts as not solved), ``no criterion`` (finished, nothing to solve), ``error`` or
             ``unfinished`` (interrupted, or never started).
         steps_to_solve: the first validation step that met the criterion (None unless solved).
         steps: optimizer steps trained.
@@ -79,6 +80,8 @@ class TrialRow:
             text = f"solved at step {self.steps_to_solve}"
         elif self.status == "not solved":
             text = f"not solved within {budget} steps"
+        elif self.status == "diverged":
+            return f"diverged: stopped by the non-finite guard at step {self.steps}"
         elif self.status == "no criterion":
             text = f"trained {self.steps} steps"
         elif self.status == "error":
@@ -112,6 +115,7 @@ class ConfigSummary:
         values: {axis name: label} of every axis but the seed axis.
         runs: trials that finished.
         solved: of those, how many solved.
+        diverged: trials stopped by the non-finite guard (among ``runs``, counted as not solved).
         errors: trials that ended with an error.
         unfinished: trials interrupted or not yet run.
         criterion: whether the trials had a solved criterion at all.
@@ -123,6 +127,7 @@ class ConfigSummary:
     values: dict[str, Any]
     runs: int
     solved: int
+    diverged: int
     errors: int
     unfinished: int
     criterion: bool
@@ -145,6 +150,7 @@ def summarise(rows: list[TrialRow], config_axes: list[str], records: list[str]) 
     summaries = []
     for key, group in groups.items():
         finished = [r for r in group if r.status in FINISHED]
+        # A diverged run has no criterion of its own but did not solve: it counts as not solved.
         judged = [r for r in finished if r.status != "no criterion"]
         steps = [float(r.steps_to_solve) if r.status == "solved" else math.inf for r in judged]
         record = {}
@@ -156,6 +162,7 @@ def summarise(rows: list[TrialRow], config_axes: list[str], records: list[str]) 
                 values=dict(zip(config_axes, key, strict=True)),
                 runs=len(finished),
                 solved=sum(r.status == "solved" for r in finished),
+                diverged=sum(r.status == "diverged" for r in finished),
                 errors=sum(r.status == "error" for r in group),
                 unfinished=sum(r.status == "unfinished" for r in group),
                 criterion=bool(judged),
@@ -233,7 +240,8 @@ def write_summary(out: Path, summaries: list[ConfigSummary], sweep: Sweep, metri
     lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
     for s in summaries:
         solved = "—" if not s.runs else f"{s.solved}/{s.runs}" if s.criterion else "no criterion"
-        solved += "".join(f", {n} {what}" for n, what in ((s.errors, "error"), (s.unfinished, "unfinished")) if n)
+        counts = ((s.diverged, "diverged"), (s.errors, "error"), (s.unfinished, "unfinished"))
+        solved += "".join(f", {n} {what}" for n, what in counts if n)
         steps = ("—", "—") if s.steps is None else (_steps(s.steps.median, sweep.budget), _range(s.steps))
         final = "—" if s.final is None else f"{s.final.median:.4g} ({s.final.low:.4g} – {s.final.high:.4g})"
         recorded = ["—" if s.record[n] is None else f"{s.record[n]:.4g}" for n in records]

@@ -135,7 +135,7 @@ def train(args: list[str], threads: int) -> dict[str, Any]:
     """Run ``seqmem fit`` in this process; the outcome as a dict, or a one-line :class:`TrialError`."""
     import torch
 
-    from seqmem.callbacks import StepsToSolve
+    from seqmem.callbacks import NonFiniteError, StepsToSolve
     from seqmem.cli import run_cli
 
     torch.set_num_threads(threads)
@@ -143,6 +143,19 @@ def train(args: list[str], threads: int) -> dict[str, Any]:
     argv, sys.argv = sys.argv, sys.argv[:1]  # the Ray worker's own arguments would make LightningCLI warn
     try:
         cli = run_cli(args)
+    except NonFiniteError as stopped:
+        # The guard stopped a run whose updates kept going NaN/inf: an outcome of the configuration (an
+        # exploding recurrence without clipping, say), reported as such rather than as a failed trial.
+        print(f"seqmem: {stopped}")  # into train.log
+        return {
+            "status": "diverged",
+            "steps_to_solve": None,
+            "steps": stopped.step,
+            "criterion": None,
+            "metric": None,
+            "final": None,
+            "seconds": time.perf_counter() - start,
+        }
     except Exception as error:
         traceback.print_exc()  # into train.log
         raise TrialError(one_line(error)) from None  # the cause may not unpickle in the driver
