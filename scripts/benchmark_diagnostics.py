@@ -24,7 +24,7 @@ import lightning as L
 import torch
 
 from seqmem.callbacks import Diagnostic, input_sensitivity, timestep_grad_norms
-from seqmem.callbacks.base import probe_mode
+from seqmem.callbacks.probe import probe_mode
 from seqmem.cli import SeqmemCLI
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from seqmem.callbacks import gradient_horizon, timestep_grad_norms
-from seqmem.callbacks.base import probe_mode
+from seqmem.callbacks.probe import probe_mode
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -24,6 +25,23 @@ from seqmem.tasks.spec import TaskSpec
 torch.serialization.add_safe_globals([TaskSpec])
 
 ClipAlgorithm = Literal["norm", "value"]
+
+
+def restore_cuda_rng_state(states: Optional[list[Tensor]]) -> None:
+    """Give every visible GPU its random state back from a checkpoint (None: written without CUDA).
+
+    A checkpoint from a machine with another number of GPUs cannot be matched device to device: the
+    generators keep their seeded state, with a warning that the resumed run is not bit-exact.
+    """
+    if states is None or not torch.cuda.is_available():
+        return
+    if len(states) != torch.cuda.device_count():
+        rank_zero_warn(
+            f"the checkpoint holds the random state of {len(states)} GPUs, this machine has "
+            f"{torch.cuda.device_count()}: GPU random states are not restored, so dropout differs from the original run"
+        )
+        return
+    torch.cuda.set_rng_state_all(states)
 
 
 class SequenceModel(L.LightningModule):
@@ -43,6 +61,8 @@ class SequenceModel(L.LightningModule):
         orthogonal_lr_scale: learning-rate multiplier for the skew-symmetric parameters behind an
             orthogonal W_h (expRNN trains them at 0.1× the others).
         irnn_scale: irnn only — W_h is initialised to this multiple of the identity.
+        spectral_radius: vanilla only — rescale the initial W_h to this spectral radius (e.g. 1.5 to make
+            gradients explode; None keeps PyTorch's init, radius ≈ 0.58).
         forget_bias: lstm only — initial forget-gate bias (default 1.0; keeps the cell's memory open).
         tbptt_steps: truncated BPTT: cut each batch into chunks of this many steps, carry the hidden state
             across chunk boundaries (detached, so the gradient stops there) and take one optimizer step per
@@ -80,6 +100,7 @@ class SequenceModel(L.LightningModule):
         orthogonal_map: Optional[OrthogonalMap] = None,
         orthogonal_lr_scale: float = 0.1,
         irnn_scale: Optional[float] = None,
+        spectral_radius: Optional[float] = None,
         forget_bias: Optional[float] = None,
         tbptt_steps: Optional[int] = None,
         gradient_clip_val: Optional[float] = None,
@@ -110,6 +131,7 @@ class SequenceModel(L.LightningModule):
             orthogonal_init=orthogonal_init,
             orthogonal_map=orthogonal_map,
             irnn_scale=irnn_scale,
+            spectral_radius=spectral_radius,
             forget_bias=forget_bias,
         )
         self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, **cell_options)
@@ -223,18 +245,21 @@ class SequenceModel(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and
-        # the CPU random state (dropout). Lightning restores neither by itself.
+        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and the
+        # random states that dropout draws from, the CPU's and every visible GPU's. Lightning restores none.
         carried = self.carried.gather_train(self)
         if carried is not None:
             checkpoint["carried_train_state"] = carried
         checkpoint["cpu_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when training starts: the trainer (ranks, device) is known only then, and a model
         # loaded for analysis (load_from_checkpoint) must not reset the global random state.
-        self._resume_from = {key: checkpoint.get(key) for key in ("cpu_rng_state", "carried_train_state")}
+        keys = ("cpu_rng_state", "cuda_rng_state", "carried_train_state")
+        self._resume_from = {key: checkpoint.get(key) for key in keys}
 
     @override
     def on_train_start(self) -> None:
@@ -243,6 +268,7 @@ class SequenceModel(L.LightningModule):
             return
         if checkpoint["cpu_rng_state"] is not None:
             torch.set_rng_state(checkpoint["cpu_rng_state"])
+        restore_cuda_rng_state(checkpoint["cuda_rng_state"])
         if checkpoint["carried_train_state"] is not None:
             trainer = self.trainer
             self.carried.restore_train(
@@ -283,9 +309,17 @@ class SequenceModel(L.LightningModule):
         self._log_epoch("test")
 
     @override
-    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
-        pred, _ = self(batch["x"])
-        return pred
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Inputs, targets and predictions of one batch, as ``seqmem predict`` writes them: class ids (the argmax)
+        for a classification task, values for regression. A stateful task carries its state from batch to
+        batch, as evaluation does."""
+        if batch_idx == 0:
+            self.carried.reset("predict")
+        pred, state = self(batch["x"], self.carried.get("predict"))
+        self.carried.carry("predict", state)
+        if self.task.loss == "ce":
+            pred = pred.argmax(dim=-1)  # (B[, T])
+        return {"x": batch["x"], "y": batch["y"], "pred": pred}
 
     # ---- optimisation -------------------------------------------------------------------------
     def clip_settings(self) -> tuple[Optional[float], Optional[str]]:

@@ -1,9 +1,11 @@
-"""Shared fixtures: offline data, a scratch working directory, and the real CLI run in-process."""
+"""Shared fixtures: offline data, a scratch working directory, the real CLI run in-process, and the device
+every tensor-level test runs on."""
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Read by `datasets` / `huggingface_hub` at import time: set before any test module imports them, so
 # no test can reach the network (the lm tests load local files by path).
@@ -20,6 +22,22 @@ TASK_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "defaults")
 
 # Keeps CLI runs short and quiet; every run still goes through the real parser, Trainer and logger.
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """The CPU always, and CUDA where a GPU is present: the same suite proves both.
+
+    On CUDA, TF32 is off for the test: cuDNN's RNNs and cuBLAS would otherwise round float32 operands to
+    10-bit mantissas on Ampere and newer, far outside the 1e-5 tolerances the equivalence tests hold.
+    """
+    if request.param == "cuda":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    return torch.device(request.param)
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REPO_ROOT, TASK_CONFIGS, fit_args
+from conftest import CONFIGS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
 
 from seqmem.cli import main, run_cli
 from seqmem.models import MODELS, OrthogonalRNN
@@ -168,44 +169,70 @@ def test_optimizer_from_config_gives_orthogonal_group_its_scale(workdir):
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 2e-5])
 
 
+TASKS = "AddingData, AgreementData, CopyData, LMData"
 BAD_INPUT = {
     "unknown cell": ("--config copy --model.cell transformer".split(), 'key "model.cell"'),
-    "unknown task": ("--config copy --data seqmem.tasks.SortingData".split(), 'key "data"'),
+    "unknown task": ("--config copy --data seqmem.tasks.SortingData".split(), "data must be one of " + TASKS),
+    "abstract task base": ("--config copy --data TaskDataModule".split(), "data must be one of " + TASKS),
+    "abstract synthetic base": ("--config copy --data SyntheticTask".split(), "is abstract"),
     "seq_len < 1": ("--config copy --data.seq_len 0".split(), "data.seq_len"),
     "hidden_size < 1": ("--config copy --model.hidden_size 0".split(), "model.hidden_size"),
     "option of another cell": ("--config copy --model.cell gru --model.forget_bias 1".split(), "model.forget_bias"),
     "missing corpus": ("--config lm --data.path {tmp}/missing.txt".split(), "data.path"),
     "empty corpus": ("--config lm --data.path {tmp}/empty.txt".split(), "data.path"),
+    "binary corpus": ("--config lm --data.path {tmp}/binary.bin".split(), "binary.bin' is not utf-8 text"),
+    "latin-1 corpus": ("--config lm --data.path {tmp}/latin.txt".split(), "--data.encoding"),
+    "unknown encoding": ("--config lm --data.path {tmp}/latin.txt --data.encoding klingon".split(), "data.encoding"),
+    "binary lexicon": ("--config agreement --data.lexicon {tmp}/binary.bin".split(), "data.lexicon"),
     "distance > length": ("--config agreement --data.distance 51".split(), "data.distance"),
     "trainer clipping under tbptt": (
         "--config copy --model.tbptt_steps 5 --trainer.gradient_clip_val 1".split(),
         "trainer.gradient_clip_val",
     ),
+    # adding.yaml clips in the Trainer: the message gives the exact fix.
+    "config clipping under tbptt": (
+        "--config adding --model.tbptt_steps 5".split(),
+        "pass --trainer.gradient_clip_val null --model.gradient_clip_val 1.0",
+    ),
     "two clippers": ("--config adding --model.gradient_clip_val 1".split(), "model.gradient_clip_val"),
+    "negative max_steps": ("--config adding --trainer.max_steps -5".split(), "`max_steps` must be"),
+    "checkpoint missing": ("--config adding --ckpt_path {tmp}/missing.ckpt".split(), "missing.ckpt' does not exist"),
+    "checkpoint is a folder": ("--config adding --ckpt_path {tmp}".split(), "is a directory"),
+    "checkpoint empty": ("--config adding --ckpt_path {tmp}/empty.txt".split(), "empty.txt' is an empty file"),
+    "checkpoint garbage": ("--config adding --ckpt_path {tmp}/binary.bin".split(), "not a readable checkpoint"),
+    "root dir is a file": ("--config adding --trainer.default_root_dir {tmp}/empty.txt".split(), "is not a folder"),
+}
+# What the bad-input cases read: made in the scratch folder, never counted as written by the command.
+INPUT_FILES = {
+    "empty.txt": b"",
+    "binary.bin": bytes(range(256)) * 2000,
+    "latin.txt": "café naïve\n".encode("latin-1") * 99,
 }
 
 
-def bad_args(args: list[str], tmp: Path) -> list[str]:
-    config = CONFIGS / f"{args[1]}.yaml"
-    return [str(config) if i == 1 else a.format(tmp=tmp) for i, a in enumerate(args)]
+def make_input_files(folder: Path) -> None:
+    for name, content in INPUT_FILES.items():
+        (folder / name).write_bytes(content)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_exits_2_with_one_line_naming_the_option(case, workdir, capsys):
     args, option = BAD_INPUT[case]
-    (workdir / "empty.txt").write_text("")
+    make_input_files(workdir)
     logs = workdir / "lightning_logs"
     logs.mkdir()
     kept = logs / "notes.txt"
     kept.write_text("earlier results")
     with pytest.raises(SystemExit) as exit_info:
-        main(fit_args(workdir, *bad_args(args, workdir)))
+        # Shipped configs by name (--config copy): found inside the package from this scratch folder.
+        main(fit_args(workdir, *[a.format(tmp=workdir) for a in args]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("seqmem: error:") and option in lines[0]
+    assert lines[0].startswith("seqmem: error:") and option in lines[0], lines[0]
+    assert len(lines[0]) < 600, "an error quotes user data only in part"
     assert kept.read_text() == "earlier results"
-    assert sorted(p.name for p in workdir.rglob("*") if p.name not in {"empty.txt"}) == ["lightning_logs", "notes.txt"]
+    assert sorted(p.name for p in workdir.rglob("*") if p.name not in INPUT_FILES) == ["lightning_logs", "notes.txt"]
 
 
 def test_console_script_reports_bad_input_without_traceback(tmp_path):
@@ -243,3 +270,160 @@ def test_fit_help_shows_every_model_argument_with_its_doc(capsys):
         assert f"--model.{name}" in help_text
         # argparse re-wraps help lines; compare the first words, whitespace-normalised.
         assert " ".join(docs[name].split()[:6]) in help_text, name
+
+
+@pytest.mark.parametrize("name", ["agreement", "agreement.yaml"])
+def test_shipped_config_by_name_from_any_directory(name, workdir):
+    cli = run_cli(["--config", name], run=False)
+    assert type(cli.datamodule).__name__ == "AgreementData"
+    assert (cli.datamodule.hparams.max_len, cli.datamodule.hparams.distance) == (50, 30)
+
+
+def test_a_file_in_the_working_directory_comes_before_a_shipped_config(workdir):
+    (workdir / "copy.yaml").write_text("data:\n  class_path: seqmem.tasks.AddingData\n")
+    assert type(run_cli(["--config", "copy.yaml"], run=False).datamodule).__name__ == "AddingData"
+    assert type(run_cli(["--config", "copy"], run=False).datamodule).__name__ == "CopyData"  # no file "copy"
+
+
+def test_fit_help_names_the_shipped_configs_and_only_concrete_tasks(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the name of one shipped with seqmem: adding, agreement, copy, lm" in help_text
+    subclasses = help_text.split("subclass of TaskDataModule")[-1].split("known subclasses:")[1].split(")")[0]
+    assert sorted(name.strip().split(".")[-1] for name in subclasses.split(",")) == [
+        "AddingData",
+        "AgreementData",
+        "CopyData",
+        "LMData",
+    ]
+
+
+TINY_ADDING = ["--config", "adding", *TINY, *TASK_ARGS["adding"], "--trainer.max_steps", "2"]
+
+
+def test_enable_checkpointing_false_is_honoured(workdir):
+    cli = run_cli(fit_args(workdir, *TINY_ADDING, "--trainer.enable_checkpointing", "false"))
+    assert cli.trainer.global_step == 2 and cli.trainer.checkpoint_callbacks == []
+    assert not list(workdir.rglob("*.ckpt"))
+
+
+def test_fast_dev_run_writes_nothing(workdir):
+    # No run folder under fast_dev_run (Lightning drops the logger): nothing at all may be written.
+    cli = run_cli(["fit", *QUIET, *TINY_ADDING, "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.global_step == 1
+    assert list(workdir.rglob("*")) == []
+
+
+def can_write(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def test_unwritable_root_dir_is_one_line(workdir, capsys):
+    locked = workdir / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # Root ignores permission bits: then take a file system that refuses everyone.
+    refusing = [folder for folder in (locked, Path("/sys")) if folder.is_dir() and not can_write(folder)]
+    if not refusing:
+        pytest.skip("no folder that this user cannot write")
+    target = refusing[0] / "runs"
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(fit_args(target, *TINY_ADDING))
+    finally:
+        locked.chmod(0o755)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("seqmem: error: trainer.default_root_dir") and "is not writable" in line
+    assert not target.exists()
+
+
+# ---- checkpoints load only into their own task and model ---------------------------------------
+
+COPY_TINY = ["--config", "copy", *TINY, *TASK_ARGS["copy"], "--trainer.max_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def copy_checkpoint(tmp_path_factory) -> Path:
+    """last.ckpt of a 2-step copy run (LSTM, hidden 8, T = 3): what the checkpoint tests load."""
+    root = tmp_path_factory.mktemp("copy_run")
+    run_cli(fit_args(root, *COPY_TINY, "--model.cell", "lstm"))
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+MISMATCH = {
+    "another cell": (["--model.cell", "gru"], "trained with model.cell 'lstm', this command gives 'gru'"),
+    "another size": (["--model.hidden_size", "16"], "trained with model.hidden_size 8, this command gives 16"),
+    "another task": (["--config", "adding", *TINY], "trained on the copy task, this command's data is the adding task"),
+    "another sequence length": (["--data.seq_len", "5"], "(data options that differ: data.seq_len 3 there, 5 here)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCH))
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_checkpoint_loads_only_into_its_own_task_and_model(case, subcommand, copy_checkpoint, workdir, capsys):
+    args, reason = MISMATCH[case]
+    command = [subcommand, "--trainer.default_root_dir", str(workdir), *QUIET, *COPY_TINY, "--model.cell", "lstm"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, *args, "--ckpt_path", str(copy_checkpoint)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"seqmem: error: ckpt_path '{copy_checkpoint}' ") and reason in line, line
+    assert list(workdir.rglob("*")) == [], "refused before anything is written"
+
+
+def test_a_checkpoint_resumes_with_other_trainer_and_batch_options(copy_checkpoint, workdir):
+    extra = ["--data.batch_size", "2", "--trainer.max_steps", "4", "--ckpt_path", str(copy_checkpoint)]
+    cli = run_cli(fit_args(workdir, *COPY_TINY, "--model.cell", "lstm", *extra))
+    assert cli.trainer.ckpt_path == str(copy_checkpoint) and cli.trainer.global_step == 4
+
+
+def test_ckpt_path_last_takes_the_newest_run_of_the_same_task_and_model(workdir, capsys):
+    run_cli(fit_args(workdir, *COPY_TINY, "--model.cell", "vanilla"))
+    run_cli(fit_args(workdir, *COPY_TINY, "--model.cell", "irnn"))  # newer, another model
+    vanilla = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    resumed = run_cli(
+        fit_args(workdir, *COPY_TINY, "--model.cell", "vanilla", "--trainer.max_steps", "3", "--ckpt_path", "last")
+    )
+    assert resumed.trainer.ckpt_path == str(vanilla) and resumed.trainer.global_step == 3
+    notice = (
+        f"seqmem: --ckpt_path last: loading {vanilla} (1 newer of another task or model, or unreadable, passed over)"
+    )
+    assert notice in capsys.readouterr().err.splitlines()
+    fresh = run_cli(fit_args(workdir, *COPY_TINY, "--model.cell", "gru", "--ckpt_path", "last"))
+    assert fresh.trainer.ckpt_path is None and fresh.trainer.global_step == 2
+    assert "matches this task and model (3 newer of another task or model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "validate",
+                "--trainer.default_root_dir",
+                str(workdir),
+                *QUIET,
+                *COPY_TINY,
+                "--model.cell",
+                "orthogonal",
+                "--ckpt_path",
+                "last",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "seqmem: error: ckpt_path last: no checkpoint under" in capsys.readouterr().err
+
+
+def test_predict_writes_the_test_split_predictions_to_the_run_folder(copy_checkpoint, workdir):
+    command = ["predict", "--trainer.default_root_dir", str(workdir), *QUIET, *COPY_TINY, "--model.cell", "lstm"]
+    cli = run_cli([*command, "--ckpt_path", str(copy_checkpoint)])
+    written = torch.load(workdir / "lightning_logs" / "version_0" / "predictions.pt")
+    (batch,) = list(cli.datamodule.test_dataloader())  # data.val_batches 1: one test batch
+    assert written["task"] == "copy"
+    assert torch.equal(written["x"], batch["x"]) and torch.equal(written["y"], batch["y"])
+    model = SequenceModel.load_from_checkpoint(copy_checkpoint).eval()
+    with torch.no_grad():
+        assert torch.equal(written["pred"], model(batch["x"])[0].argmax(dim=-1))  # (B, T) class ids

@@ -34,7 +34,7 @@ def test_task_defaults():
         "max_len": 12,
         "distance": None,
         "attractor_prob": 0.3,
-        "lexicon": "data/agreement_lexicon.json",
+        "lexicon": None,  # the packaged lexicon
         **SYNTHETIC,
     }
     assert dict(LMData().hparams) == {  # WikiText-2 from the Hub, or a file split 90/10; characters
@@ -46,6 +46,7 @@ def test_task_defaults():
         "batch_size": 32,
         "val_fraction": 0.1,
         "cache_dir": "data/cache",
+        "encoding": "utf-8",
     }
 
 

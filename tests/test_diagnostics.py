@@ -1,7 +1,9 @@
 """Gradient-flow diagnostics: per-timestep norms against an explicit autograd loop, closed forms of
 the product-of-Jacobians law, clip counting, spectra, horizons, and the TensorBoard events of a fit."""
 
+import copy
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
+from torch.nn.utils import parametrize
 
 from seqmem.callbacks import (
     ClippingEvents,
@@ -22,12 +25,15 @@ from seqmem.callbacks import (
     RecurrentSpectrum,
     TimestepGradients,
     gradient_horizon,
+    gradient_norms,
     input_sensitivity,
     orthogonality_error,
+    parameter_tags,
     probe_loss,
     spectral_summary,
     timestep_grad_norms,
 )
+from seqmem.callbacks.grad_norms import derived_tags
 from seqmem.models import GRU, LSTM, MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData, adding_problem, copy_memory
@@ -91,23 +97,24 @@ def explicit_hidden_grad_norms(model: SequenceModel, x: torch.Tensor, y: torch.T
 
 @pytest.mark.parametrize("loss", ["last", "task"])
 @pytest.mark.parametrize("cell", sorted(MODELS))
-def test_timestep_grad_norms_match_explicit_autograd_loop(cell: str, loss: str) -> None:
+def test_timestep_grad_norms_match_explicit_autograd_loop(cell: str, loss: str, device: torch.device) -> None:
     # Copy reads out at every step, so "task" and "last" differ and both paths are exercised.
     torch.manual_seed(0)
     model = SequenceModel(CopyData(seq_len=6).spec, cell=cell, hidden_size=8, num_layers=2, embedding_size=5)
     model = model.double().eval()
     batch = copy_memory(4, 6, gen())
-    norms = timestep_grad_norms(model, batch["x"], batch["y"], loss)  # (2, 26)
+    expected = explicit_hidden_grad_norms(copy.deepcopy(model), batch["x"], batch["y"], loss)  # on the CPU
+    model = model.to(device)
+    norms = timestep_grad_norms(model, batch["x"].to(device), batch["y"].to(device), loss)  # (2, 26)
     assert all(p.grad is None for p in model.parameters()), "the probe must not write training gradients"
-    expected = explicit_hidden_grad_norms(model, batch["x"], batch["y"], loss)
     assert norms.shape == (2, 26)
-    torch.testing.assert_close(norms, expected, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(norms.cpu(), expected, rtol=1e-5, atol=0.0)
 
 
-def test_probe_leaves_existing_training_gradients_untouched() -> None:
+def test_probe_leaves_existing_training_gradients_untouched(device: torch.device) -> None:
     torch.manual_seed(0)
-    model = SequenceModel(AddingData(seq_len=10).spec, cell="lstm", hidden_size=8)
-    batch = adding_problem(4, 10, gen())
+    model = SequenceModel(AddingData(seq_len=10).spec, cell="lstm", hidden_size=8).to(device)
+    batch = {key: value.to(device) for key, value in adding_problem(4, 10, gen()).items()}
     model.loss(model(batch["x"])[0], batch["y"]).backward()
     before = [p.grad.clone() for p in model.parameters()]
     timestep_grad_norms(model, batch["x"], batch["y"])
@@ -124,11 +131,11 @@ def identity_step(weights, x_proj, state):
     return (x_proj + F.linear(state[0], weights[1], weights[3]),)
 
 
-def linear_model(cell: str, seq_len: int, w_h: torch.Tensor | None, monkeypatch) -> SequenceModel:
-    """A one-layer model on the adding task (loss on h_T only) whose cell's activation is the identity."""
+def linear_model(cell: str, seq_len: int, w_h: torch.Tensor | None, monkeypatch, device: torch.device) -> SequenceModel:
+    """A one-layer double model on ``device`` on the adding task (loss on h_T only) with the identity activation."""
     options = {"orthogonal_init": "random"} if cell == "orthogonal" else {}
     model = SequenceModel(AddingData(seq_len=seq_len).spec, cell=cell, hidden_size=6, **options)
-    model = model.double().eval()
+    model = model.double().eval().to(device)
     monkeypatch.setattr(model.net, "step", identity_step)
     if w_h is not None:
         with torch.no_grad():
@@ -137,18 +144,18 @@ def linear_model(cell: str, seq_len: int, w_h: torch.Tensor | None, monkeypatch)
 
 
 @pytest.mark.parametrize("lam", [0.8, 1.1])
-def test_linear_rnn_gradient_scales_as_lambda_to_the_lag(lam: float, monkeypatch) -> None:
+def test_linear_rnn_gradient_scales_as_lambda_to_the_lag(lam: float, monkeypatch, device: torch.device) -> None:
     torch.manual_seed(0)
     q = nn.init.orthogonal_(torch.empty(6, 6, dtype=torch.float64))
-    model = linear_model("vanilla", 30, lam * q, monkeypatch)
+    model = linear_model("vanilla", 30, lam * q, monkeypatch, device)
     batch = adding_problem(5, 30, gen())
-    norms = timestep_grad_norms(model, batch["x"].double(), batch["y"].double())[0]  # (T,)
+    norms = timestep_grad_norms(model, batch["x"].double().to(device), batch["y"].double().to(device))[0].cpu()
     lags = torch.arange(29, -1, -1, dtype=torch.float64)  # (T,)
     torch.testing.assert_close(norms / norms[-1], lam**lags, rtol=1e-6, atol=0.0)
 
 
-def test_vanilla_tanh_with_w_07_identity_decays_as_07_pow_lag(monkeypatch) -> None:
-    model = SequenceModel(AddingData(seq_len=40).spec, cell="vanilla", hidden_size=6).double().eval()
+def test_vanilla_tanh_with_w_07_identity_decays_as_07_pow_lag(device: torch.device) -> None:
+    model = SequenceModel(AddingData(seq_len=40).spec, cell="vanilla", hidden_size=6).double().eval().to(device)
     w_in, w_h, b_in, b_h = model.net.layer_weights(0)
     with torch.no_grad():
         w_h.copy_(0.7 * torch.eye(6))
@@ -156,59 +163,61 @@ def test_vanilla_tanh_with_w_07_identity_decays_as_07_pow_lag(monkeypatch) -> No
         b_in.zero_()
         b_h.zero_()
     batch = adding_problem(5, 40, gen())
-    norms = timestep_grad_norms(model, batch["x"].double(), batch["y"].double())[0]  # (T,)
+    norms = timestep_grad_norms(model, batch["x"].double().to(device), batch["y"].double().to(device))[0]  # (T,)
     ratio = norms[-1 - 20] / norms[-1]
     assert ratio.item() == pytest.approx(0.7**20, rel=1e-3)  # ≈ 8e-4
     # 0.7^19 ≈ 1.1e-3 ≥ 1e-3 > 0.7^20: the horizon is lag 19.
     assert gradient_horizon(norms).item() == 19
 
 
-def test_orthogonal_cell_with_identity_activation_preserves_the_gradient_norm(monkeypatch) -> None:
+def test_orthogonal_cell_with_identity_activation_preserves_the_gradient_norm(
+    monkeypatch, device: torch.device
+) -> None:
     torch.manual_seed(0)
-    model = linear_model("orthogonal", 30, None, monkeypatch)
+    model = linear_model("orthogonal", 30, None, monkeypatch, device)
     batch = adding_problem(5, 30, gen())
-    norms = timestep_grad_norms(model, batch["x"].double(), batch["y"].double())[0]  # (T,)
+    norms = timestep_grad_norms(model, batch["x"].double().to(device), batch["y"].double().to(device))[0].cpu()
     # Exact up to the float32 orthogonality of the stored base matrix (≈1e-7 per step).
     torch.testing.assert_close(norms / norms[-1], torch.ones(30, dtype=torch.float64), rtol=1e-5, atol=0.0)
 
 
-def test_input_sensitivity_of_a_linear_rnn_is_lambda_to_the_lag_times_w_in(monkeypatch) -> None:
+def test_input_sensitivity_of_a_linear_rnn_is_lambda_to_the_lag_times_w_in(monkeypatch, device: torch.device) -> None:
     # h_T = Σ_ℓ (λQ)^{T-1-ℓ} W_in x_ℓ + ...: ‖∂h_T/∂x_ℓ‖_F = λ^{T-1-ℓ} ‖W_in‖_F exactly.
     torch.manual_seed(0)
     lam = 0.8
     q = nn.init.orthogonal_(torch.empty(6, 6, dtype=torch.float64))
-    model = linear_model("vanilla", 8, lam * q, monkeypatch)
-    x = adding_problem(4, 8, gen())["x"].double()
-    estimate = input_sensitivity(model, x, projections=1000)  # (T,)
-    exact = lam ** torch.arange(7, -1, -1, dtype=torch.float64) * model.net.layer_weights(0)[0].norm()
+    model = linear_model("vanilla", 8, lam * q, monkeypatch, device)
+    x = adding_problem(4, 8, gen())["x"].double().to(device)
+    estimate = input_sensitivity(model, x, projections=1000).cpu()  # (T,)
+    exact = lam ** torch.arange(7, -1, -1, dtype=torch.float64) * model.net.layer_weights(0)[0].norm().cpu()
     torch.testing.assert_close(estimate, exact.detach(), rtol=0.05, atol=0.0)
 
 
 # ---- horizon, spectra, clipping ----------------------------------------------------------------
 
 
-def test_gradient_horizon_of_constructed_curves() -> None:
+def test_gradient_horizon_of_constructed_curves(device: torch.device) -> None:
     halving = 0.5 ** torch.arange(29, -1, -1.0)  # (30,) ratio 0.5^lag: 0.5^9 ≥ 1e-3 > 0.5^10
     spike = halving.clone()
     spike[29 - 15] = 2e-3  # a late bump at lag 15 still counts: the horizon is the *largest* lag
     dead_end = halving.clone()
     dead_end[-1] = 0.0  # no final gradient: nothing to be relative to
-    curves = torch.stack([halving, spike, dead_end])  # (3, 30)
+    curves = torch.stack([halving, spike, dead_end]).to(device)  # (3, 30)
     assert gradient_horizon(curves).tolist() == [9, 15, 0]
-    assert gradient_horizon(halving, threshold=0.2).item() == 2
-    assert gradient_horizon(torch.ones(30)).item() == 29
+    assert gradient_horizon(halving.to(device), threshold=0.2).item() == 2
+    assert gradient_horizon(torch.ones(30, device=device)).item() == 29
 
 
-def test_spectral_summary_of_a_matrix_with_known_eigenvalues() -> None:
+def test_spectral_summary_of_a_matrix_with_known_eigenvalues(device: torch.device) -> None:
     # Eigenvalues 1.25·e^{±iθ}, 0.5, −0.9, conjugated by a well-conditioned basis change.
     block = 1.25 * torch.tensor([[0.6, -0.8], [0.8, 0.6]])
     diagonal = torch.block_diag(block, torch.diag(torch.tensor([0.5, -0.9])))
     basis = torch.eye(4) + 0.3 * torch.randn(4, 4, generator=gen())
-    matrix = basis @ diagonal @ torch.linalg.inv(basis)
+    matrix = (basis @ diagonal @ torch.linalg.inv(basis)).to(device)
     assert spectral_summary(matrix)["radius"].item() == pytest.approx(1.25, rel=1e-4)
     # Singular values 3, 2, 0.5, 0.1 by construction.
-    u, v = (nn.init.orthogonal_(torch.empty(4, 4)) for _ in range(2))
-    summary = spectral_summary(u @ torch.diag(torch.tensor([3.0, 2.0, 0.5, 0.1])) @ v.T)
+    u, v = (nn.init.orthogonal_(torch.empty(4, 4)).to(device) for _ in range(2))
+    summary = spectral_summary(u @ torch.diag(torch.tensor([3.0, 2.0, 0.5, 0.1], device=device)) @ v.T)
     assert summary["sigma_max"].item() == pytest.approx(3.0, rel=1e-5)
     assert summary["sigma_min"].item() == pytest.approx(0.1, rel=1e-4)
     assert orthogonality_error(u).item() == pytest.approx(0.0, abs=1e-5)
@@ -242,10 +251,10 @@ def run_clipping(
     return events(root)
 
 
-def test_norm_clipping_is_counted_on_every_step_and_read_on_logging_steps(tmp_path: Path) -> None:
+def test_norm_clipping_is_counted_on_every_step_and_read_on_logging_steps(tmp_path: Path, device: torch.device) -> None:
     # Gradients of norm 0.5, 2, 3, 0.1, 5 (a 3-4-5 direction scaled); clip at 1: steps 1, 2, 4 clip.
     norms = [0.5, 2.0, 3.0, 0.1, 5.0]
-    grads = [n * torch.tensor([0.6, 0.8]) for n in norms]
+    grads = [n * torch.tensor([0.6, 0.8], device=device) for n in norms]
     acc = run_clipping(tmp_path, grads, clip=1.0, algorithm="norm", log_every=5)
     value = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
     assert set(value) == {
@@ -263,8 +272,8 @@ def test_norm_clipping_is_counted_on_every_step_and_read_on_logging_steps(tmp_pa
     assert value["clip/clipped_fraction"][0].value == pytest.approx(3 / 5)
 
 
-def test_value_clipping_counts_clipped_entries(tmp_path: Path) -> None:
-    grads = [torch.tensor([0.5, -2.0, 3.0, 0.1]), torch.tensor([0.2, 0.3, -0.4, 0.5])]
+def test_value_clipping_counts_clipped_entries(tmp_path: Path, device: torch.device) -> None:
+    grads = [torch.tensor([0.5, -2.0, 3.0, 0.1]).to(device), torch.tensor([0.2, 0.3, -0.4, 0.5]).to(device)]
     acc = run_clipping(tmp_path, grads, clip=1.0, algorithm="value", log_every=1)
     value = {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     assert value["clip/entries_clipped"] == pytest.approx([2 / 4, 0.0])
@@ -295,6 +304,7 @@ def fit(
     clip: float = 1e-3,
     devices: int = 1,
     log_every_n_steps: int = 5,
+    accelerator: str = "cpu",
     **model,
 ) -> SequenceModel:
     """A short real fit on copy (T = 30) with a 2-layer model, logging every 5 steps under ``root``."""
@@ -302,7 +312,7 @@ def fit(
     data = CopyData(seq_len=10, batch_size=16)
     module = SequenceModel(data.spec, hidden_size=12, num_layers=2, embedding_size=6, **model)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         max_steps=max_steps,
@@ -333,8 +343,9 @@ def expected_tags(logged: list[int], periodic: list[int]) -> dict[str, list[int]
     return tags  # lags 30 and 100 are not < T = 30, so they are left out
 
 
-def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path) -> None:
-    fit(tmp_path, all_diagnostics(10), cell="gru")
+def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path, device: torch.device) -> None:
+    # On CUDA too: the same tags at the same steps, the same measurement order (pre-clip).
+    fit(tmp_path, all_diagnostics(10), cell="gru", accelerator=device.type)
     acc = events(tmp_path / "lightning_logs" / "version_0")
     expected = expected_tags(logged=[4, 9, 14, 19], periodic=[0, 10])
     assert set(acc.Tags()["scalars"]) - LIGHTNING_TAGS == set(expected)
@@ -343,7 +354,9 @@ def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path) -> None:
     assert steps(acc, "train/loss") == [4, 9, 14, 19], "per-step diagnostics share train/loss's x-axis"
     for image in ("grad_time/heatmap", "sensitivity/heatmap"):
         assert [e.step for e in acc.Images(image)] == [0, 10]
-    assert {e.height for e in acc.Images("grad_time/heatmap")} == {2 * 16}  # one band per layer
+    # Figures with axes and a colour bar: 7 × (1.6 + 0.35 per row) inches at 80 dpi, one row per layer.
+    assert {(e.width, e.height) for e in acc.Images("grad_time/heatmap")} == {(560, 184)}
+    assert {(e.width, e.height) for e in acc.Images("sensitivity/heatmap")} == {(560, 156)}
 
     at = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in expected}
     # Measured before clipping (clip 1e-3 clips every step), and the per-parameter tags partition the total.
@@ -356,6 +369,76 @@ def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path) -> None:
     (layout_event,) = acc.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
     assert {c.title for c in layout.category} == {"grad_norm", "clip", "spectral", "grad_time", "sensitivity"}
+    # TensorBoard searches each regex in the tag names: anchored, a chart plots exactly its own tags.
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert all(p.startswith("^") and p.endswith("$") for patterns in charts.values() for p in patterns)
+    logged = acc.Tags()["scalars"]
+    plotted = {title: {t for t in logged if any(re.search(p, t) for p in pats)} for title, pats in charts.items()}
+    assert plotted["fraction of steps clipped"] == {"clip/clipped", "clip/clipped_fraction"}
+    assert plotted["steps clipped so far"] == {"clip/clipped_steps"}
+    assert plotted["total"] == {"grad_norm/total"}
+    assert plotted["layer1 spectral radius"] == {f"spectral/layer1/{gate}/radius" for gate in "rzn"}
+
+
+@pytest.mark.parametrize("cell", sorted(MODELS))
+def test_every_trainable_parameter_has_a_tag_by_role(cell: str) -> None:
+    model = SequenceModel(CopyData(seq_len=4).spec, cell=cell, hidden_size=4, num_layers=2, embedding_size=3)
+    tags = parameter_tags(model)
+    assert len(tags) == sum(p.requires_grad for p in model.parameters())
+    groups = ("grad_norm/layer0/", "grad_norm/layer1/", "grad_norm/embedding/", "grad_norm/head/")
+    assert all(tag.startswith(groups) for tag in tags), "no parameter falls back to its module path"
+    roles = {tag.split("/")[2] for tag in tags if tag.startswith("grad_norm/layer")}
+    # The orthogonal cell has one bias (b_h of its fused kernel is a constant zero); W_h's parameter is A_skew.
+    assert roles == ({"W_in", "A_skew", "b_in"} if cell == "orthogonal" else {"W_in", "W_h", "b_in", "b_h"})
+
+
+def test_orthogonal_w_h_tag_is_the_gradient_of_the_computed_matrix() -> None:
+    torch.manual_seed(0)
+    model = SequenceModel(CopyData(seq_len=6).spec, cell="orthogonal", hidden_size=8, num_layers=2, embedding_size=5)
+    batch = copy_memory(4, 6, gen())
+
+    def backward() -> dict[str, torch.Tensor]:
+        model.loss(model(batch["x"])[0], batch["y"]).backward()
+        return gradient_norms(parameter_tags(model), derived_tags(model))
+
+    # Autograd's own dL/dW_h: with the parametrisation cached, every use of W_h in the forward is one tensor.
+    with parametrize.cached():
+        w_h = [model.net.recurrent[layer].weight for layer in (0, 1)]
+        for w in w_h:
+            w.retain_grad()
+        norms = backward()
+    for layer, w in enumerate(w_h):
+        skew = model.net.recurrent[layer].parametrizations.weight.original
+        assert norms[f"grad_norm/layer{layer}/W_h"].item() == pytest.approx(w.grad.norm().item(), rel=1e-6)
+        assert norms[f"grad_norm/layer{layer}/A_skew"].item() == pytest.approx(skew.grad.norm().item(), rel=1e-6)
+        assert norms[f"grad_norm/layer{layer}/W_h"].item() != pytest.approx(skew.grad.norm().item(), rel=1e-3)
+    # The total covers the parameters' gradients: the parameter tags add up to it, W_h (derived) stays outside.
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norms["grad_norm/total"].item() == pytest.approx(total.item(), rel=1e-6)
+    parts = [v for tag, v in norms.items() if tag != "grad_norm/total" and not tag.endswith("/W_h")]
+    assert math.hypot(*(v.item() for v in parts)) == pytest.approx(total.item(), rel=1e-5)
+    # Accumulated over backward passes as .grad is (gradient accumulation), fresh after zero_grad.
+    once = norms["grad_norm/layer0/W_h"].item()
+    assert backward()["grad_norm/layer0/W_h"].item() == pytest.approx(2 * once, rel=1e-5)
+    model.zero_grad()
+    assert backward()["grad_norm/layer0/W_h"].item() == pytest.approx(once, rel=1e-5)
+
+
+def test_orthogonal_w_h_tag_is_unscaled_under_fp16_loss_scaling(tmp_path: Path) -> None:
+    # The W_h hook sees the loss-scaled gradient; Lightning unscales the parameters' before the diagnostics run.
+    torch.manual_seed(0)
+    model = SequenceModel(CopyData(seq_len=6).spec, cell="orthogonal", hidden_size=8, embedding_size=5)
+    batch = copy_memory(4, 6, gen())
+    model.loss(model(batch["x"])[0], batch["y"]).backward()
+    true_norm = model.net.derived_gradients(0)["W_h"].norm().item()
+    model.zero_grad()
+    (1024.0 * model.loss(model(batch["x"])[0], batch["y"])).backward()
+    trainer = stub_trainer(tmp_path, log_every_n_steps=1)
+    trainer.precision_plugin = SimpleNamespace(scaler=SimpleNamespace(get_scale=lambda: 1024.0))
+    GradientNorms().on_before_optimizer_step(trainer, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.loggers[0].experiment.flush()
+    (event,) = events(tmp_path).Scalars("grad_norm/layer0/W_h")
+    assert event.value == pytest.approx(true_norm, rel=1e-5)
 
 
 def test_orthogonal_fit_logs_its_distance_from_orthogonality(tmp_path: Path) -> None:

@@ -22,10 +22,10 @@ from seqmem.tasks import (
     copy_memory,
     unigram_entropy,
 )
-from seqmem.tasks.agreement import REPO_ROOT, load_lexicon
+from seqmem.tasks.agreement import load_lexicon
 from seqmem.tasks.lm import Windows
 
-LEXICON = REPO_ROOT / "data" / "agreement_lexicon.json"
+LEXICON = Path(load_lexicon.__code__.co_filename).parent / "agreement_lexicon.json"  # the packaged one
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -168,9 +168,9 @@ def test_agreement_extremes_are_accepted(attractor_prob):
     assert all(t in subjects for t in batch["x"][:, -1].tolist()) and batch["bucket"].tolist() == [0] * 4
 
 
-def test_the_default_lexicon_is_the_shipped_one_from_any_working_directory(workdir):
+def test_the_default_lexicon_is_the_packaged_one_from_any_working_directory(workdir):
     assert not (workdir / "data").exists()
-    assert AgreementData().lexicon.vocab == load_lexicon(LEXICON).vocab
+    assert AgreementData().lexicon.vocab == load_lexicon(LEXICON).vocab == load_lexicon().vocab
 
 
 def write_lexicon(path: Path, **changes) -> Path:
@@ -180,12 +180,11 @@ def write_lexicon(path: Path, **changes) -> Path:
     return path
 
 
-def test_a_relative_lexicon_is_read_from_the_working_directory_first(workdir):
+def test_a_relative_lexicon_is_read_from_the_working_directory(workdir):
     (workdir / "data").mkdir()
     write_lexicon(workdir / "data" / "agreement_lexicon.json", fillers=["often"])
-    assert AgreementData().lexicon.vocab[-2:] == ("often", ",")  # the local file, not the shipped one
-    assert AgreementData(lexicon=str(LEXICON)).lexicon.vocab == load_lexicon(LEXICON).vocab
-    assert AgreementData(lexicon="data/../data/agreement_lexicon.json").lexicon.vocab[-2] == "often"
+    assert AgreementData(lexicon="data/agreement_lexicon.json").lexicon.vocab[-2:] == ("often", ",")
+    assert AgreementData().lexicon.vocab == load_lexicon().vocab  # none given: the packaged one, not the local file
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The non-finite guard from the very first update: no finite gradient has been seen, so nothing is reported
-as the last good one, and the count of updates in a row starts from zero."""
+as the last good one, and the count of updates in a row starts from zero (checked on every step: logging every
+step)."""
 
 from functools import partial
 
@@ -34,14 +35,17 @@ def test_a_run_that_is_never_finite_stops_after_max_consecutive_updates(tmp_path
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        log_every_n_steps=1,
         accelerator="cpu",
     )
     with pytest.raises(NonFiniteError) as stopped:
         trainer.fit(model, data)
     message = str(stopped.value)
-    assert f"stopped at step {max_consecutive - 1}: {max_consecutive} consecutive updates" in message
-    assert "last finite gradient norm none: no finite gradient yet" in message
-    assert (guard.skipped, guard.consecutive, guard.last_finite_step) == (max_consecutive, max_consecutive, None)
+    last = max_consecutive - 1
+    assert f"stopped at step {last}: the {max_consecutive} updates of steps 0-{last} had a non-finite" in message
+    assert "last finite gradient norm none: no finite gradient)" in message
+    assert stopped.value.step == last
+    assert (guard.skipped, guard.consecutive) == (max_consecutive, max_consecutive)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name  # every update was skipped
 

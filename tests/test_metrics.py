@@ -16,12 +16,12 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_bucket_accuracy_counts_by_bucket_not_by_target():
+def test_bucket_accuracy_counts_by_bucket_not_by_target(device):
     # Targets and buckets disagree on purpose: counting by target (or by prediction) gives other numbers.
-    preds = torch.tensor([1, 0, 1, 1, 0, 0])
-    target = torch.tensor([1, 1, 1, 0, 0, 0])
-    bucket = torch.tensor([0, 0, 2, 2, 2, 0])
-    metric = BucketAccuracy(4)
+    preds = torch.tensor([1, 0, 1, 1, 0, 0], device=device)
+    target = torch.tensor([1, 1, 1, 0, 0, 0], device=device)
+    bucket = torch.tensor([0, 0, 2, 2, 2, 0], device=device)
+    metric = BucketAccuracy(4).to(device)
     metric.update(preds[:3], target[:3], bucket[:3])
     metric.update(preds[3:], target[3:], bucket[3:])  # accumulates across batches
     acc = metric.compute()
@@ -42,15 +42,15 @@ def test_bucket_accuracy_declares_the_torchmetrics_contract():
     assert BucketAccuracy.full_state_update is False
 
 
-def test_copy_accuracy_scores_only_the_recalled_steps():
+def test_copy_accuracy_scores_only_the_recalled_steps(device):
     spec = CopyData(seq_len=5, num_copy=3).spec  # sequences of 5 + 2*3 = 11 steps, the last 3 recalled
     B, T, C = 4, 11, spec.output_size
-    pred = torch.randn(B, T, C, generator=gen())  # (B, T, C)
+    pred = torch.randn(B, T, C, generator=gen()).to(device)  # (B, T, C)
     y = pred.argmax(-1).clone()  # (B, T) every step right...
     y[:, :-3] = (y[:, :-3] + 1) % C  # ...then every non-recalled step wrong
     y[0, -1] = (y[0, -1] + 1) % C  # and one recalled step wrong: 11 of 12 recalled right
-    metrics = TaskMetrics(spec)
-    metrics.update(pred, {"x": torch.zeros(B, T), "y": y})
+    metrics = TaskMetrics(spec).to(device)
+    metrics.update(pred, {"x": torch.zeros(B, T, device=device), "y": y})
     values = metrics.compute()
     assert values["acc"].item() == pytest.approx(11 / 12)
     assert values["loss"].item() == pytest.approx(F.cross_entropy(pred.reshape(-1, C), y.reshape(-1)).item(), rel=1e-6)
@@ -58,14 +58,14 @@ def test_copy_accuracy_scores_only_the_recalled_steps():
     assert not any(k.startswith(("ppl", "bpc", "acc_")) for k in values)
 
 
-def test_agreement_metrics_give_per_distance_buckets_and_leave_empty_ones_out():
+def test_agreement_metrics_give_per_distance_buckets_and_leave_empty_ones_out(device):
     data = AgreementData(min_len=12, max_len=12, distance=None)
     spec = data.spec
     assert spec.bucket_names == ("d1", "d2-3", "d4-7", "d8-15")
-    batch = data.make_batch(gen(1))
+    batch = {key: value.to(device) for key, value in data.make_batch(gen(1)).items()}
     batch["bucket"] = torch.where(batch["bucket"] == 0, 1, batch["bucket"])  # empty bucket d1
-    pred = torch.randn(len(batch["y"]), 2, generator=gen(2))  # (B, 2) logits
-    metrics = TaskMetrics(spec)
+    pred = torch.randn(len(batch["y"]), 2, generator=gen(2)).to(device)  # (B, 2) logits
+    metrics = TaskMetrics(spec).to(device)
     metrics.update(pred, batch)
     values = metrics.compute()
     right = pred.argmax(-1) == batch["y"]  # (B,)
@@ -76,7 +76,7 @@ def test_agreement_metrics_give_per_distance_buckets_and_leave_empty_ones_out():
         assert values[f"acc_{name}"].item() == pytest.approx(right[rows].float().mean().item()), name
 
 
-def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss():
+def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss(device):
     spec = TaskSpec(
         name="lm",
         input_size=5,
@@ -89,11 +89,11 @@ def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss():
         char_level=True,
         stateful=True,
     )
-    metrics = TaskMetrics(spec)
+    metrics = TaskMetrics(spec).to(device)
     losses = []
     for seed in (0, 1):  # two batches: the metrics are of the mean loss over batches
-        pred = torch.randn(2, 7, 5, generator=gen(seed))  # (B, T, V)
-        y = torch.randint(0, 5, (2, 7), generator=gen(seed + 10))  # (B, T)
+        pred = torch.randn(2, 7, 5, generator=gen(seed)).to(device)  # (B, T, V)
+        y = torch.randint(0, 5, (2, 7), generator=gen(seed + 10)).to(device)  # (B, T)
         metrics.update(pred, {"x": y, "y": y})
         losses.append(F.cross_entropy(pred.reshape(-1, 5), y.reshape(-1)).item())
     values = metrics.compute()
@@ -102,7 +102,7 @@ def test_language_model_metrics_are_ppl_and_bpc_of_the_mean_loss():
     assert values["ppl"].item() == pytest.approx(math.exp(mean), rel=1e-6)
     assert values["bpc"].item() == pytest.approx(mean / math.log(2), rel=1e-6)
     assert values["baseline"].item() == pytest.approx(1.5)
-    word_level = TaskMetrics(TaskSpec(**{**spec.__dict__, "char_level": False}))
+    word_level = TaskMetrics(TaskSpec(**{**spec.__dict__, "char_level": False})).to(device)
     word_level.update(pred, {"x": y, "y": y})
     assert "ppl" in word_level.compute() and "bpc" not in word_level.compute()
 

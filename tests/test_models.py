@@ -9,21 +9,27 @@ from seqmem.models import GRU, IRNN, LSTM, MODELS, OrthogonalRNN, VanillaRNN, bu
 from seqmem.models.orthogonal import cayley_init_matrix, henaff_matrix
 
 B, T, I, H, LAYERS = 3, 7, 5, 6, 2
+CPU = torch.device("cpu")
 
 # Every cell in the table, plus the orthogonal cell's modReLU variant (its own step function).
 VARIANTS = [(cell, {}) for cell in MODELS] + [("orthogonal", {"activation": "modrelu"})]
 VARIANT_IDS = [cell + "-".join([""] + list(options.values())) for cell, options in VARIANTS]
 
 
-def make_net(cell: str, options: dict, seed: int = 0) -> nn.Module:
+def make_net(cell: str, options: dict, device: torch.device = CPU, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(cell, I, H, LAYERS, dropout=0.3, **options).eval()
+    return build_model(cell, I, H, LAYERS, dropout=0.3, **options).eval().to(device)
+
+
+def randn(*shape: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Seeded normal samples drawn on the CPU (the same numbers on every device), then moved to ``device``."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def random_state(net, seed: int = 1):
-    """A non-zero initial state in torch's format: (L, B, H), or (h, c) for the LSTM."""
-    g = torch.Generator().manual_seed(seed)
-    parts = tuple(torch.randn(LAYERS, B, H, generator=g) for _ in range(net.state_size))  # (L, B, H) each
+    """A non-zero initial state in torch's format on the net's device: (L, B, H), or (h, c) for the LSTM."""
+    device = next(net.parameters()).device
+    parts = tuple(randn(LAYERS, B, H, seed=seed + i, device=device) for i in range(net.state_size))  # (L, B, H)
     return parts[0] if net.state_size == 1 else parts
 
 
@@ -36,15 +42,15 @@ def randomise(net: nn.Module, seed: int = 2) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
+            p.add_(0.3 * torch.randn(p.shape, generator=g).to(p.device))
 
 
 @pytest.mark.parametrize("cell, options", VARIANTS, ids=VARIANT_IDS)
-def test_fused_path_equals_step_path_with_gradients(cell, options):
-    net = make_net(cell, options)
+def test_fused_path_equals_step_path_with_gradients(cell, options, device):
+    net = make_net(cell, options, device)
     randomise(net)
-    x = torch.randn(B, T, I, generator=torch.Generator().manual_seed(3))  # (B, T, I)
-    target = torch.randn(B, T, H, generator=torch.Generator().manual_seed(4))  # (B, T, H)
+    x = randn(B, T, I, seed=3, device=device)  # (B, T, I)
+    target = randn(B, T, H, seed=4, device=device)  # (B, T, H)
 
     def run(path):
         xs = x.clone().requires_grad_()
@@ -64,17 +70,17 @@ def test_fused_path_equals_step_path_with_gradients(cell, options):
         torch.testing.assert_close(step, fused, atol=1e-5, rtol=1e-5)
 
 
-def test_step_path_hiddens_are_every_layers_outputs():
+def test_step_path_hiddens_are_every_layers_outputs(device):
     # hiddens[l] must be layer l's h_t: the top layer equals the outputs, the bottom one equals a
     # one-layer net over the same weights.
-    net = make_net("gru", {})
+    net = make_net("gru", {}, device)
     randomise(net)
-    x = torch.randn(B, T, I)  # (B, T, I)
+    x = randn(B, T, I, seed=3, device=device)  # (B, T, I)
     out, _, hiddens = net.forward_steps(x)
     hiddens = torch.stack([torch.stack(hs, dim=1) for hs in hiddens])  # (L, B, T, H)
     assert hiddens.shape == (LAYERS, B, T, H)
     torch.testing.assert_close(hiddens[-1], out)
-    bottom = nn.GRU(I, H, 1, batch_first=True)
+    bottom = nn.GRU(I, H, 1, batch_first=True).to(device)
     bottom.load_state_dict({k: v for k, v in net.rnn.state_dict().items() if k.endswith("l0")})
     torch.testing.assert_close(hiddens[0], bottom(x)[0], atol=1e-5, rtol=1e-5)
 
@@ -88,12 +94,12 @@ REFERENCES = {
 
 
 @pytest.mark.parametrize("cell", sorted(REFERENCES))
-def test_step_path_equals_a_fresh_torch_module_with_copied_weights(cell):
-    net = make_net(cell, {})
+def test_step_path_equals_a_fresh_torch_module_with_copied_weights(cell, device):
+    net = make_net(cell, {}, device)
     randomise(net)
-    reference = REFERENCES[cell]().eval()
+    reference = REFERENCES[cell]().eval().to(device)
     reference.load_state_dict(net.rnn.state_dict())
-    x = torch.randn(B, T, I)  # (B, T, I)
+    x = randn(B, T, I, seed=3, device=device)  # (B, T, I)
     state = random_state(net)
     ref_out, ref_final = reference(x, state)
     out, final, _ = net.forward_steps(x, state)
@@ -102,17 +108,17 @@ def test_step_path_equals_a_fresh_torch_module_with_copied_weights(cell):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_orthogonal_step_path_equals_nn_rnn_with_its_matrices():
-    net = make_net("orthogonal", {})
+def test_orthogonal_step_path_equals_nn_rnn_with_its_matrices(device):
+    net = make_net("orthogonal", {}, device)
     randomise(net)
-    reference = nn.RNN(I, H, LAYERS, nonlinearity="tanh", batch_first=True).eval()
+    reference = nn.RNN(I, H, LAYERS, nonlinearity="tanh", batch_first=True).eval().to(device)
     with torch.no_grad():
         for layer in range(LAYERS):
             getattr(reference, f"weight_ih_l{layer}").copy_(net.weight_ih[layer])
             getattr(reference, f"weight_hh_l{layer}").copy_(net.recurrent[layer].weight)
             getattr(reference, f"bias_ih_l{layer}").copy_(net.bias[layer])
             getattr(reference, f"bias_hh_l{layer}").zero_()
-    x = torch.randn(B, T, I)  # (B, T, I)
+    x = randn(B, T, I, seed=3, device=device)  # (B, T, I)
     state = random_state(net)
     out, final, _ = net.forward_steps(x, state)
     ref_out, ref_final = reference(x, state)
@@ -120,12 +126,12 @@ def test_orthogonal_step_path_equals_nn_rnn_with_its_matrices():
     torch.testing.assert_close(final, ref_final, atol=1e-5, rtol=1e-5)
 
 
-def test_orthogonal_modrelu_equals_a_hand_written_recurrence():
+def test_orthogonal_modrelu_equals_a_hand_written_recurrence(device):
     # modReLU has no fused kernel (forward runs the step path), so check it against the formula itself:
     # h_t = sign(z) · relu(|z| + b), z = W_in x_t + b_in + W_h h_{t-1}, layer by layer.
-    net = make_net("orthogonal", {"activation": "modrelu"})
+    net = make_net("orthogonal", {"activation": "modrelu"}, device)
     randomise(net)
-    x = torch.randn(B, T, I)  # (B, T, I)
+    x = randn(B, T, I, seed=3, device=device)  # (B, T, I)
     state = random_state(net)
     out, final = net(x, state)
     layer_input = x
@@ -162,6 +168,20 @@ def test_irnn_init_is_scaled_identity_zero_bias_small_inputs():
         assert torch.count_nonzero(b_in) == 0 and torch.count_nonzero(b_h) == 0
         assert 0.5e-3 < w_in.std().item() < 2e-3
     assert net.nonlinearity == "relu"
+
+
+@pytest.mark.parametrize("radius", [0.5, 1.5])
+def test_vanilla_spectral_radius_rescales_pytorchs_init(radius):
+    torch.manual_seed(0)
+    default = VanillaRNN(I, 32, LAYERS)
+    torch.manual_seed(0)
+    scaled = VanillaRNN(I, 32, LAYERS, spectral_radius=radius)
+    for layer in range(LAYERS):
+        w_h, w_default = scaled.layer_weights(layer)[1], default.layer_weights(layer)[1]
+        assert torch.linalg.eigvals(w_h).abs().max().item() == pytest.approx(radius, rel=1e-5)
+        ratio = w_h / w_default  # the same matrix, scaled: one ratio everywhere
+        torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0, 0].item()))
+        torch.testing.assert_close(scaled.layer_weights(layer)[0], default.layer_weights(layer)[0])  # W_in kept
 
 
 @pytest.mark.parametrize("forget_bias", [1.0, 2.5, -0.5])
@@ -206,18 +226,18 @@ def test_lstm_forget_bias_changes_the_forget_block_of_the_biases_and_nothing_els
 
 
 def orthogonality_error(w: torch.Tensor) -> float:
-    return torch.linalg.matrix_norm(w.T @ w - torch.eye(w.shape[0])).item()
+    return torch.linalg.matrix_norm(w.T @ w - torch.eye(w.shape[0], device=w.device)).item()
 
 
 @pytest.mark.parametrize("orthogonal_map", ["matrix_exp", "cayley"])
 @pytest.mark.parametrize("orthogonal_init", ["henaff", "cayley", "random"])
-def test_orthogonal_w_h_stays_orthogonal_under_large_steps(orthogonal_init, orthogonal_map):
+def test_orthogonal_w_h_stays_orthogonal_under_large_steps(orthogonal_init, orthogonal_map, device):
     torch.manual_seed(0)
-    net = OrthogonalRNN(I, 16, 1, orthogonal_init=orthogonal_init, orthogonal_map=orthogonal_map)
+    net = OrthogonalRNN(I, 16, 1, orthogonal_init=orthogonal_init, orthogonal_map=orthogonal_map).to(device)
     before = net.recurrent[0].weight.detach().clone()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
-    x = torch.randn(4, 10, I)  # (B, T, I)
-    target = torch.randn(4, 10, 16)  # (B, T, H)
+    x = randn(4, 10, I, seed=3, device=device)  # (B, T, I)
+    target = randn(4, 10, 16, seed=4, device=device)  # (B, T, H)
     for _ in range(100):
         optimizer.zero_grad()
         out, _ = net(x)  # (B, T, H)

@@ -1,5 +1,5 @@
 """The values the diagnostics log, not only their names: closed forms of the product-of-Jacobians law read back
-from TensorBoard, spectra of non-normal matrices, per-parameter gradient norms, the heatmaps and the writer."""
+from TensorBoard, spectra of non-normal matrices, per-parameter gradient norms, clipping counters, the writer."""
 
 import math
 from pathlib import Path
@@ -16,9 +16,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from seqmem.callbacks import (
     ClippingEvents,
+    CurveProbe,
     GradientNorms,
     InputSensitivity,
-    ProbeDiagnostic,
     RecurrentSpectrum,
     TimestepGradients,
     gradient_horizon,
@@ -29,14 +29,10 @@ from seqmem.callbacks import (
     probe_loss,
     spectral_summary,
 )
-from seqmem.callbacks.base import heatmap, norm_heatmap, params_with_grad, tensorboard_writer
+from seqmem.callbacks.base import params_with_grad, tensorboard_writer
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData
-
-# The two ends of viridis (matplotlib's table): what the lowest and the highest value are drawn with.
-PURPLE = torch.tensor([68, 1, 84]) / 255.0
-YELLOW = torch.tensor([253, 231, 37]) / 255.0
 
 
 def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -46,10 +42,10 @@ def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in accumulator.Tags()["scalars"]}
 
 
-# ---- ProbeDiagnostic.summarise on a constructed curve --------------------------------------------------------
+# ---- CurveProbe.summarise on a constructed curve -----------------------------------------------------------
 
 
-class Probe(ProbeDiagnostic):
+class Probe(CurveProbe):
     def probe_and_log(self, writer, pl_module, x, y, step):  # never run here
         raise NotImplementedError
 
@@ -328,7 +324,7 @@ def test_parameter_tags_of_the_orthogonal_cell(activation):
     tags = parameter_tags(model)
     net = model.net
     assert tags["grad_norm/layer0/W_in"] is net.weight_ih[0]
-    assert tags["grad_norm/layer0/W_h"] is net.recurrent[0].parametrizations.weight.original  # the trained skew part
+    assert tags["grad_norm/layer0/A_skew"] is net.recurrent[0].parametrizations.weight.original  # the trained skew part
     assert tags["grad_norm/layer0/b_in"] is net.bias[0]
     assert ("grad_norm/layer0/b_modrelu" in tags) == (activation == "modrelu")
     if activation == "modrelu":
@@ -400,45 +396,12 @@ def test_params_with_grad_is_what_the_optimizer_will_apply():
     assert params_with_grad(optimizer) == [with_grad]
 
 
-# ---- heatmaps and the writer ----------------------------------------------------------------------------------
+# ---- the writer and W_h's blocks --------------------------------------------------------------------------
 
 
-def test_heatmap_maps_low_to_purple_high_to_yellow_and_interpolates_between():
-    values = torch.tensor([[-5.0, -4.0, -2.0, 0.0], [1.0, -3.5, -1.0, -0.5]])  # (R, C) on a scale from -4 to 0
-    image = heatmap(values, low=-4.0, high=0.0, cell=(3, 2))
-    assert image.shape == (3, 2 * 3, 4 * 2)
-    pixel = lambda r, c: image[:, r * 3, c * 2]  # noqa: E731  top-left pixel of entry (r, c)
-    torch.testing.assert_close(pixel(0, 0), PURPLE)  # below low: clamped
-    torch.testing.assert_close(pixel(0, 1), PURPLE)
-    torch.testing.assert_close(pixel(0, 3), YELLOW)
-    torch.testing.assert_close(pixel(1, 0), YELLOW)  # above high: clamped
-    # -2 is the middle of the scale: viridis' middle colour, teal; -3.5 is half-way from the first to the second.
-    torch.testing.assert_close(pixel(0, 2), torch.tensor([33, 145, 140]) / 255.0)
-    torch.testing.assert_close(pixel(1, 1), (PURPLE + torch.tensor([59, 82, 139]) / 255.0) / 2)
-    # Every entry is a solid cell of 3 × 2 pixels.
-    blocks = image.unfold(1, 3, 3).unfold(2, 2, 2)  # (3, R, C, 3, 2)
-    assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
-
-
-def test_norm_heatmap_spans_decades_below_the_largest_norm():
-    norms = torch.tensor([[1e-9, 1e-5, 1e-1], [0.0, 1e-3, 1e-1]])  # (layers, T); the largest is 0.1
-    image = norm_heatmap(norms, decades=4.0)
-    assert image.shape == (3, 2 * 16, 3 * (512 // 3))
-    width = 512 // 3
-    pixel = lambda r, c: image[:, r * 16, c * width]  # noqa: E731
-    torch.testing.assert_close(pixel(0, 2), YELLOW)  # the largest norm
-    torch.testing.assert_close(pixel(0, 1), PURPLE)  # 4 decades below it: the bottom of the scale
-    torch.testing.assert_close(pixel(0, 0), PURPLE)  # further below: clamped
-    torch.testing.assert_close(pixel(1, 0), PURPLE)  # a zero norm is drawn, not NaN
-    torch.testing.assert_close(pixel(1, 1), torch.tensor([33, 145, 140]) / 255.0)  # 2 of 4 decades down
-    assert norm_heatmap(torch.ones(1, 1000), decades=8.0).shape == (3, 16, 1000)  # at least one pixel per step
-
-
-def test_horizon_and_heatmap_stay_on_the_norms_device():
+def test_the_horizon_stays_on_the_norms_device():
     # The meta device stands in for a GPU: nothing is computed on the CPU behind the caller's back.
     assert gradient_horizon(torch.ones(2, 3, device="meta")).device.type == "meta"
-    image = heatmap(torch.zeros(2, 3, device="meta"), low=-1.0, high=0.0, cell=(2, 2))
-    assert image.device.type == "meta" and image.shape == (3, 4, 6)
 
 
 def test_tensorboard_writer_is_the_first_tensorboard_loggers_on_rank_zero_only(tmp_path: Path):

@@ -2,13 +2,19 @@
 
 import itertools
 import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from importlib import resources
+from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 from conftest import SHARED_DATA
 
-from seqmem.errors import ConfigError
+from seqmem.errors import QUOTE_LIMIT, ConfigError, quote
 from seqmem.tasks import (
     AddingData,
     AgreementData,
@@ -19,8 +25,11 @@ from seqmem.tasks import (
     batchify,
     build_vocab,
     copy_memory,
+    load_lexicon,
 )
+from seqmem.tasks.lm import HUB_PROBE_TIMEOUT
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 WIKITEXT = SHARED_DATA / "wikitext-2"
 
@@ -348,3 +357,106 @@ def test_hub_dataset_unreachable_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.hub_dataset .*data\.path") as err:
         data.spec
     assert "\n" not in str(err.value)
+
+
+def test_hub_out_of_reach_fails_fast_instead_of_retrying(tmp_path, monkeypatch):
+    # Online mode with the Hub out of reach: a short probe fails at once; datasets would retry for minutes.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append(args))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"data\.path is not set .*cannot be reached.*HF_HUB_OFFLINE=1") as err:
+        LMData(cache_dir=str(tmp_path)).spec
+    assert time.monotonic() - start < HUB_PROBE_TIMEOUT
+    assert calls == [] and "\n" not in str(err.value)
+
+
+def test_a_reachable_hub_goes_on_to_the_datasets_loader(tmp_path, monkeypatch):
+    # Any HTTP answer counts (this server answers 501 to everything): the real loading path runs.
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append(args)
+        return {split: {"text": ["abcab\n" * 50]} for split in ("train", "validation", "test")}
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    try:
+        assert LMData(cache_dir=str(tmp_path)).vocab == ["\n", "a", "b", "c"]
+    finally:
+        server.shutdown()
+    assert calls == [("wikitext", "wikitext-2-raw-v1")]
+
+
+def test_lm_reads_another_encoding_when_told(tmp_path, offline):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("café naïve " * 200).encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"data\.path file .*latin\.txt.* is not utf-8 text .*--data\.encoding"
+    ) as err:
+        LMData(path=str(latin), cache_dir=str(offline))
+    assert "\n" not in str(err.value)
+    dm = LMData(path=str(latin), encoding="latin-1", seq_len=10, batch_size=2, cache_dir=str(offline))
+    assert {"é", "ï"} <= set(dm.vocab)
+    with pytest.raises(ConfigError, match=r"data\.encoding .*'no-such-codec'"):
+        LMData(path=str(latin), encoding="no-such-codec")
+
+
+def test_binary_corpus_is_one_line_naming_the_file(tmp_path):
+    nul = tmp_path / "nul.bin"
+    nul.write_bytes(b"abc\0def" * 100)  # valid UTF-8, but NUL characters: not text
+    with pytest.raises(ConfigError, match=r"data\.path file .*nul\.bin.* NUL"):
+        LMData(path=str(nul))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.txt").write_text("plain text\n")
+    (folder / "valid.txt").write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"data\.path file .*valid\.txt.* is not utf-8 text"):
+        LMData(path=str(folder))
+
+
+def test_the_agreement_lexicon_is_package_data_read_from_any_directory(workdir):
+    # An installed wheel has no repository around the package: the default lexicon comes from inside it.
+    packaged = resources.files("seqmem.tasks").joinpath("agreement_lexicon.json")
+    assert packaged.is_file()
+    dm = AgreementData()
+    assert dm.hparams.lexicon is None
+    assert dm.lexicon.vocab == load_lexicon(Path(str(packaged))).vocab
+
+
+def test_every_data_file_of_the_package_is_declared_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = REPO_ROOT / "seqmem"
+    data_files = {
+        path
+        for path in package.rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
+    declared = {path for pattern in patterns["seqmem"] for path in package.glob(pattern)}
+    assert data_files == declared
+    assert package / "tasks" / "agreement_lexicon.json" in declared
+
+
+def test_a_binary_lexicon_is_one_short_line(tmp_path):
+    binary = tmp_path / "lexicon.bin"
+    binary.write_bytes(bytes(range(256)) * 2000)  # half a megabyte, like --data.lexicon /bin/ls
+    with pytest.raises(ConfigError, match=r"data\.lexicon .*lexicon\.bin.* not UTF-8") as err:
+        AgreementData(lexicon=str(binary))
+    assert len(str(err.value)) < 3 * QUOTE_LIMIT and "\n" not in str(err.value)
+    garbage = tmp_path / "lexicon.json"
+    garbage.write_text('{"subjects": ' + '"x" ' * 100_000 + "}")
+    with pytest.raises(ConfigError, match=r"data\.lexicon .* not a valid agreement lexicon") as err:
+        AgreementData(lexicon=str(garbage))
+    assert len(str(err.value)) < 3 * QUOTE_LIMIT
+
+
+def test_quote_caps_what_an_error_repeats():
+    assert quote("short") == "'short'"
+    long = quote("x" * 100_000)
+    assert len(long) == QUOTE_LIMIT and long.endswith("… (100002 chars)")
+    assert "\n" not in quote("a\nb" * 1000)

@@ -16,28 +16,29 @@ PROBE = TaskSpec(name="probe", input_size=3, output_size=4, loss="ce", readout="
 ADDING = AddingData(seq_len=12, batch_size=5).spec
 
 
-def twin_models(cell: str, spec: TaskSpec, k: int) -> tuple[SequenceModel, SequenceModel]:
-    """A full-BPTT model and a truncated one holding the same weights."""
+def twin_models(cell: str, spec: TaskSpec, k: int, device: torch.device) -> tuple[SequenceModel, SequenceModel]:
+    """A full-BPTT model and a truncated one holding the same weights, on ``device``."""
     torch.manual_seed(0)
     full = SequenceModel(spec, cell=cell, hidden_size=6, num_layers=2)
     cut = SequenceModel(spec, cell=cell, hidden_size=6, num_layers=2, tbptt_steps=k)
     cut.load_state_dict(full.state_dict())
-    return full, cut
+    return full.to(device), cut.to(device)
 
 
-def probe_batch(spec: TaskSpec, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(spec: TaskSpec, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded inputs (a leaf that requires grad) and targets, drawn on the CPU and moved to ``device``."""
     torch.manual_seed(1)
-    x = torch.randn(5, T, spec.input_size, requires_grad=True)  # (B, T, I)
+    x = torch.randn(5, T, spec.input_size).to(device).requires_grad_()  # (B, T, I)
     y = torch.randint(0, spec.output_size, (5, T)) if spec.readout == "all" else torch.rand(5)  # (B, T) / (B,)
-    return x, y
+    return x, y.to(device)
 
 
 @pytest.mark.parametrize("spec", [PROBE, ADDING], ids=["readout_all", "readout_last"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("k", [12, 50])
-def test_k_at_least_T_gives_the_full_bptt_gradient(cell, spec, k):
-    full, cut = twin_models(cell, spec, k)
-    x, y = probe_batch(spec, T=12)
+def test_k_at_least_T_gives_the_full_bptt_gradient(cell, spec, k, device):
+    full, cut = twin_models(cell, spec, k, device)
+    x, y = probe_batch(spec, 12, device)
     full.loss(full(x)[0], y).backward()
     updates = list(cut.tbptt_chunks(x, y))
     assert len(updates) == 1
@@ -47,9 +48,9 @@ def test_k_at_least_T_gives_the_full_bptt_gradient(cell, spec, k):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_no_gradient_crosses_a_chunk_boundary(cell):
-    _, cut = twin_models(cell, PROBE, k=4)
-    x, y = probe_batch(PROBE, T=10)
+def test_no_gradient_crosses_a_chunk_boundary(cell, device):
+    _, cut = twin_models(cell, PROBE, 4, device)
+    x, y = probe_batch(PROBE, 10, device)
     starts = []
     for start, (loss, _) in zip(range(0, 10, 4), cut.tbptt_chunks(x, y), strict=True):
         (grad,) = torch.autograd.grad(loss, x)  # (B, T, I)
@@ -63,9 +64,9 @@ def test_no_gradient_crosses_a_chunk_boundary(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_readout_last_trains_only_the_last_k_steps(cell):
-    _, cut = twin_models(cell, ADDING, k=5)
-    x, y = probe_batch(ADDING, T=12)
+def test_readout_last_trains_only_the_last_k_steps(cell, device):
+    _, cut = twin_models(cell, ADDING, 5, device)
+    x, y = probe_batch(ADDING, 12, device)
     (loss, _), *rest = cut.tbptt_chunks(x, y)
     assert rest == []  # one loss, one update per batch
     (grad,) = torch.autograd.grad(loss, x)  # (B, T, I)
@@ -75,9 +76,9 @@ def test_readout_last_trains_only_the_last_k_steps(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("spec", [PROBE, ADDING], ids=["readout_all", "readout_last"])
-def test_carried_state_equals_the_uncut_forward(cell, spec):
-    full, cut = twin_models(cell, spec, k=4)
-    x, y = probe_batch(spec, T=10)
+def test_carried_state_equals_the_uncut_forward(cell, spec, device):
+    full, cut = twin_models(cell, spec, 4, device)
+    x, y = probe_batch(spec, 10, device)
     *_, (_, state) = cut.tbptt_chunks(x, y)
     _, expected = full(x)
     for got, want in zip(*(s if isinstance(s, tuple) else (s,) for s in (state, expected)), strict=True):

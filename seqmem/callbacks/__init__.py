@@ -7,32 +7,43 @@ trainer:
       init_args: {every_n_steps: 200}
 """
 
-from seqmem.callbacks.base import Diagnosable, Diagnostic, PeriodicDiagnostic, ProbeDiagnostic, gradient_horizon
+from seqmem.callbacks.base import Diagnosable, Diagnostic, PeriodicDiagnostic
 from seqmem.callbacks.clipping import ClippingEvents
 from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
 from seqmem.callbacks.grad_time import TimestepGradients, probe_loss, timestep_grad_norms
+from seqmem.callbacks.jacobian import JacobianSpectrum, jacobian_spectrum, predicted_horizon
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from seqmem.callbacks.predictions import PredictionWriter
+from seqmem.callbacks.probe import CurveProbe, ProbeDiagnostic, gradient_horizon, probe_mode
 from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity
+from seqmem.callbacks.solved import StepsToSolve
 from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
 
 __all__ = [
     "ClippingEvents",
+    "CurveProbe",
     "Diagnosable",
     "Diagnostic",
     "GradientNorms",
     "InputSensitivity",
+    "JacobianSpectrum",
     "NonFiniteError",
     "NonFiniteGuard",
     "PeriodicDiagnostic",
+    "PredictionWriter",
     "ProbeDiagnostic",
     "RecurrentSpectrum",
+    "StepsToSolve",
     "TimestepGradients",
     "gradient_horizon",
     "gradient_norms",
     "input_sensitivity",
+    "jacobian_spectrum",
     "orthogonality_error",
     "parameter_tags",
+    "predicted_horizon",
     "probe_loss",
+    "probe_mode",
     "spectral_summary",
     "timestep_grad_norms",
 ]

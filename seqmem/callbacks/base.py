@@ -1,10 +1,12 @@
-"""What every diagnostic shares: what it reads, where it writes, on which steps, the probe batch.
+"""What every diagnostic shares: what it reads, where it writes, and on which steps.
 
 When: every diagnostic measures in ``on_before_optimizer_step``. Lightning calls that hook after the
 backward pass, after the DDP all-reduce and after AMP unscaling, and *before* any clipping — its own
 Trainer clipping comes after the hook, and SequenceModel clips in its own ``on_before_optimizer_step``,
 which Lightning calls after the callbacks'. So every diagnostic sees the averaged, unscaled, pre-clip
-gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike.
+gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike. (Under
+16-mixed, a fused optimizer unscales inside its own step, after the hook: that pairing is refused.) Norms
+and spectra are computed in float32 whatever the precision, so a tag means the same in every precision.
 
 Steps: the x-axis is ``trainer.global_step`` at that hook, the index of the optimizer step being taken
 (it advances once per chunk under truncated BPTT). Two rules decide when a diagnostic writes:
@@ -16,10 +18,11 @@ Writing: scalars and images go straight to the TensorBoard logger's ``SummaryWri
 ``add_scalar`` / ``add_image`` tags (never ``add_scalars``, which opens one writer per key), and
 only on global rank 0 — every other rank skips the work entirely, so no diagnostic adds a
 collective operation to a DDP run.
+
+The diagnostics that run extra passes on a fixed probe batch share :mod:`seqmem.callbacks.probe`.
 """
 
-from contextlib import contextmanager
-from typing import Iterator, Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -51,6 +54,25 @@ class Diagnosable(Protocol):
     def clip_settings(self) -> tuple[Optional[float], Optional[str]]: ...
 
 
+def check_unscaled_gradients(trainer: "L.Trainer") -> None:
+    """Under 16-mixed, Lightning unscales the gradients before ``on_before_optimizer_step`` — except for an
+    optimizer that unscales inside its own step (``fused=True``), whose gradients every diagnostic would read
+    multiplied by the loss scale.
+
+    Raises:
+        ConfigError: naming the optimizer and the ways out.
+    """
+    if getattr(trainer.precision_plugin, "scaler", None) is None:
+        return
+    for optimizer in trainer.optimizers:
+        require(
+            not getattr(optimizer, "_step_supports_amp_scaling", False),
+            f"precision 16-mixed with a fused {type(optimizer).__name__}: it unscales the gradients inside its "
+            "step, after the diagnostics have read them (multiplied by the loss scale); use --trainer.precision "
+            "bf16-mixed, or the optimizer without fused=True",
+        )
+
+
 def check_diagnosable(pl_module: "L.LightningModule") -> None:
     """Raise a TypeError naming every member of :class:`Diagnosable` that ``pl_module`` lacks."""
     missing = sorted(name for name in get_protocol_members(Diagnosable) if not hasattr(pl_module, name))
@@ -64,11 +86,14 @@ def check_diagnosable(pl_module: "L.LightningModule") -> None:
 # Custom-scalars layout: {category: {chart title: ["Multiline", [tag regex, ...]]}}.
 Layout = dict[str, dict[str, list]]
 
-# Viridis sampled at 0, 1/4, 1/2, 3/4, 1: perceptually ordered, readable in greyscale.
-_VIRIDIS = (
-    torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=torch.float32)
-    / 255.0
-)
+
+def chart(*tags: str) -> list:
+    """A custom-scalars chart of the tags matching the regexes ``tags``, anchored at both ends.
+
+    TensorBoard *searches* each regex in the tag names, so an unanchored ``clip/clipped`` would also plot
+    ``clip/clipped_steps`` (a count) among fractions.
+    """
+    return ["Multiline", [f"^{tag}$" for tag in tags]]
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -88,6 +113,12 @@ def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -
         writer.add_scalar(tag, number, step)
 
 
+def total_norm(tensors: list[Tensor]) -> Tensor:
+    """L2 norm of all the tensors together, in float32 whatever their dtype (a half-precision sum of squares
+    overflows at 65504), on the device: NaN or inf when any entry is."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=torch.float32)))
+
+
 def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
     """The parameters whose gradients the optimizer is about to apply — exactly the set Lightning clips."""
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -98,49 +129,6 @@ def logging_step(trainer: "L.Trainer") -> bool:
     diagnostic and the non-finite guard follow (``log_every_n_steps`` 0 logs nothing, as in Lightning)."""
     n = trainer.log_every_n_steps
     return n > 0 and (trainer.global_step + 1) % n == 0
-
-
-def heatmap(log_values: Tensor, low: float, high: float, cell: tuple[int, int]) -> Tensor:
-    """An RGB image of a (R, C) map: ``low`` -> dark purple, ``high`` -> yellow, clamped between.
-
-    Args:
-        log_values: (R, C) values to colour (already on a log scale).
-        low: value drawn with the first colour.
-        high: value drawn with the last colour.
-        cell: (height, width) in pixels of each entry, so that a few layers stay visible.
-
-    Returns:
-        (3, R * height, C * width) float image in [0, 1], for ``SummaryWriter.add_image``.
-    """
-    position = ((log_values.float() - low) / (high - low)).clamp(0, 1) * (len(_VIRIDIS) - 1)  # (R, C)
-    lower = position.floor().long().clamp(max=len(_VIRIDIS) - 2)  # (R, C)
-    frac = (position - lower).unsqueeze(-1)  # (R, C, 1)
-    colours = _VIRIDIS.to(log_values.device)
-    rgb = colours[lower] * (1 - frac) + colours[lower + 1] * frac  # (R, C, 3)
-    rgb = rgb.repeat_interleave(cell[0], dim=0).repeat_interleave(cell[1], dim=1)  # (R*h, C*w, 3)
-    return rgb.permute(2, 0, 1)  # (3, R*h, C*w)
-
-
-def norm_heatmap(norms: Tensor, decades: float) -> Tensor:
-    """(R, T) norms -> RGB image of log10(norm / max norm), from −``decades`` (dark) to 0 (yellow)."""
-    log_norms = norms.clamp_min(torch.finfo(norms.dtype).tiny).log10()  # (R, T)
-    return heatmap(log_norms - log_norms.max(), -decades, 0.0, cell=(16, max(1, 512 // norms.shape[1])))
-
-
-def gradient_horizon(norms: Tensor, threshold: float = 1e-3) -> Tensor:
-    """Largest lag k with norms[T−1−k] / norms[T−1] ≥ threshold (0 where the final norm is 0).
-
-    Args:
-        norms: (..., T) norms along time, the last entry at lag 0.
-        threshold: smallest ratio to the final norm that still counts as reaching back.
-
-    Returns:
-        (...) long tensor of lags, computed on the device (no host sync).
-    """
-    final = norms[..., -1:]  # (..., 1)
-    lags = torch.arange(norms.shape[-1] - 1, -1, -1, device=norms.device)  # (T,) lag of each position
-    reaches = (norms >= threshold * final) & (final > 0)  # (..., T)
-    return torch.where(reaches, lags, 0).amax(dim=-1)  # (...)
 
 
 class Diagnostic(L.Callback):
@@ -161,6 +149,7 @@ class Diagnostic(L.Callback):
         if diagnostics[0] is not self:
             return
         check_diagnosable(pl_module)
+        check_unscaled_gradients(trainer)
         if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
@@ -199,83 +188,3 @@ class PeriodicDiagnostic(Diagnostic):
     def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
         """Measure the module and write the tags at ``step``."""
         raise NotImplementedError
-
-
-class ProbeDiagnostic(PeriodicDiagnostic):
-    """A periodic diagnostic that runs extra forward/backward passes on a fixed probe batch.
-
-    The probe batch is the first ``probe_batch_size`` rows of the first training batch this rank
-    sees, kept for the whole run so that successive probes differ only by the weights; each probe
-    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation), in
-    :func:`probe_mode`. Probes are rank-local: they run on global rank 0 only and are not reduced.
-
-    Subclasses implement :meth:`probe_and_log`.
-
-    Args:
-        every_n_steps: probe on optimizer steps 0, N, 2N, ...
-        probe_batch_size: rows of the first training batch kept as the probe batch.
-        lags: lags k at which the ratio of a curve to its lag-0 value is logged (those < T).
-        threshold: the horizon is the largest lag whose ratio is at least this.
-        decades: orders of magnitude spanned by the heatmap's colour scale.
-    """
-
-    def __init__(
-        self, every_n_steps: int, probe_batch_size: int, lags: tuple[int, ...], threshold: float, decades: float
-    ):
-        super().__init__(every_n_steps)
-        name = type(self).__name__
-        require(probe_batch_size >= 1, f"probe_batch_size of {name} must be >= 1, got {probe_batch_size}")
-        require(all(k >= 1 for k in lags), f"lags of {name} must all be >= 1, got {list(lags)}")
-        require(0 < threshold < 1, f"threshold of {name} must be in (0, 1), got {threshold}")
-        require(decades > 0, f"decades of {name} must be > 0, got {decades}")
-        self.probe_batch_size = probe_batch_size
-        self.lags = tuple(lags)
-        self.threshold = threshold
-        self.decades = decades
-        self.probe: Optional[dict[str, Tensor]] = None
-
-    def summarise(self, prefix: str, norms: Tensor) -> dict[str, Tensor]:
-        """``<prefix>/final`` (lag 0), ``<prefix>/ratio_lag<k>`` and ``<prefix>/horizon`` of a (T,) curve."""
-        T = norms.shape[0]
-        values = {f"{prefix}/final": norms[-1]}
-        for k in self.lags:
-            if k < T:
-                values[f"{prefix}/ratio_lag{k}"] = norms[T - 1 - k] / norms[-1]
-        values[f"{prefix}/horizon"] = gradient_horizon(norms, self.threshold)
-        return values
-
-    @override
-    def on_train_batch_start(
-        self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: dict, batch_idx: int
-    ) -> None:
-        if self.probe is None and trainer.is_global_zero:
-            # Clone: the loader may reuse its buffers, and the probe must stay fixed.
-            self.probe = {key: batch[key][: self.probe_batch_size].clone() for key in ("x", "y")}
-
-    @override
-    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
-        if self.probe is None:
-            return
-        with probe_mode(pl_module):
-            self.probe_and_log(writer, pl_module, self.probe["x"], self.probe["y"], step)
-
-    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
-        """Run the probe on (x, y) and write its tags at ``step``."""
-        raise NotImplementedError
-
-
-@contextmanager
-def probe_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (dropout off), autograd on, full precision; the training mode is restored after.
-
-    Needed because ``on_before_optimizer_step`` runs inside ``optimizer.step``, where torch turns
-    autograd off, and a probe must measure the deterministic network, not one dropout sample.
-    """
-    was_training = module.training
-    module.eval()
-    device_type = next(module.parameters()).device.type
-    try:
-        with torch.enable_grad(), torch.autocast(device_type, enabled=False):
-            yield
-    finally:
-        module.train(was_training)

@@ -17,9 +17,11 @@ from seqmem.callbacks.base import (
     Diagnosable,
     Diagnostic,
     Layout,
+    chart,
     logging_step,
     params_with_grad,
     tensorboard_writer,
+    total_norm,
     write_scalars,
 )
 
@@ -46,9 +48,10 @@ class ClippingEvents(Diagnostic):
     def layout(self, pl_module: Diagnosable) -> Layout:
         return {
             "clip": {
-                "norm before / after clipping": ["Multiline", [r"clip/(pre|post)_norm"]],
-                "fraction of steps clipped": ["Multiline", ["clip/clipped_fraction", "clip/clipped"]],
-                "fraction of entries clipped (value clipping)": ["Multiline", [r"clip/entries_clipped.*"]],
+                "norm before / after clipping": chart(r"clip/(pre|post)_norm"),
+                "fraction of steps clipped": chart("clip/clipped_fraction", "clip/clipped"),
+                "steps clipped so far": chart("clip/clipped_steps"),
+                "fraction of entries clipped (value clipping)": chart(r"clip/entries_clipped(_all)?"),
             }
         }
 
@@ -61,7 +64,7 @@ class ClippingEvents(Diagnostic):
         grads = [p.grad for p in params_with_grad(optimizer)]
         if clip is None or writer is None or not grads:
             return
-        pre = torch.nn.utils.get_total_norm(grads)  # () on device
+        pre = total_norm(grads)  # () float32 on device
         # Counters live on the gradients' device (a restored checkpoint brings them back on the CPU).
         self.clipped_steps = pre.new_zeros(()) if self.clipped_steps is None else self.clipped_steps.to(pre.device)
         self.clipped_entries = (
@@ -94,7 +97,7 @@ class ClippingEvents(Diagnostic):
     @staticmethod
     def _post_norm(grads: list[Tensor], pre: Tensor, clip: float, algorithm: str) -> Tensor:
         if algorithm == "value":
-            return torch.nn.utils.get_total_norm([g.clamp(-clip, clip) for g in grads])
+            return total_norm([g.clamp(-clip, clip) for g in grads])
         return pre.clamp(max=clip)
 
     @override

@@ -1,15 +1,29 @@
 """Gradient norms per layer and per parameter role, plus the total, before clipping.
 
 Measured on the averaged, unscaled, pre-clip gradient (see :mod:`seqmem.callbacks.base`), identical on
-every rank, so rank 0 alone logs them.
+every rank, so rank 0 alone logs them. ``grad_norm/total`` is the L2 norm of the gradients of every
+trainable parameter — embedding, recurrent layers, head: the vector clipping sees — and the
+per-parameter tags add up to it in quadrature. A tensor computed from parameters gets its own tag
+outside the total: the orthogonal cell's ``W_h`` is dL/dW_h of the matrix the forward used, its
+parameter ``A_skew`` is in the total; W_h's gradient is not all-reduced, so under DDP it is rank 0's.
 """
+
+from typing import Optional
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Diagnostic, Layout, logging_step, tensorboard_writer, write_scalars
+from seqmem.callbacks.base import (
+    Diagnosable,
+    Diagnostic,
+    Layout,
+    chart,
+    logging_step,
+    tensorboard_writer,
+    write_scalars,
+)
 
 
 def parameter_tags(pl_module: Diagnosable) -> dict[str, nn.Parameter]:
@@ -34,12 +48,25 @@ def parameter_tags(pl_module: Diagnosable) -> dict[str, nn.Parameter]:
     return {tag: p for tag, p in tags.items() if p.requires_grad}
 
 
-def gradient_norms(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
-    """L2 norm of each parameter's gradient (0 where it has none) and ``grad_norm/total``, on device."""
+def derived_tags(pl_module: Diagnosable) -> dict[str, Tensor]:
+    """``grad_norm/layer<l>/<role>`` of the gradients of tensors computed from parameters (the orthogonal
+    cell's W_h), from ``net.derived_gradients``."""
+    net = pl_module.net
+    return {
+        f"grad_norm/layer{layer}/{role}": grad
+        for layer in range(net.num_layers)
+        for role, grad in net.derived_gradients(layer).items()
+    }
+
+
+def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
+    """L2 norm of each parameter's gradient (0 where it has none), ``grad_norm/total`` (of the parameters'
+    gradients only) and the norm of each ``derived`` gradient, on device, in float32 whatever the precision."""
+    derived = derived or {}
     grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
-    norms = torch._foreach_norm(grads)  # one batched kernel for all of them
-    values = dict(zip(params, norms, strict=True))
-    values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms))
+    norms = torch._foreach_norm(grads + list(derived.values()), dtype=torch.float32)  # one batched kernel
+    values = dict(zip([*params, *derived], norms, strict=True))
+    values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms[: len(params)]))
     return values
 
 
@@ -53,10 +80,10 @@ class GradientNorms(Diagnostic):
 
     @override
     def layout(self, pl_module: Diagnosable) -> Layout:
-        charts = {"total": ["Multiline", ["grad_norm/total"]]}
+        charts = {"total": chart("grad_norm/total")}
         for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer}"] = ["Multiline", [rf"grad_norm/layer{layer}/.*"]]
-        charts["embedding and head"] = ["Multiline", [r"grad_norm/(embedding|head)/.*"]]
+            charts[f"layer{layer}"] = chart(rf"grad_norm/layer{layer}/.*")
+        charts["embedding and head"] = chart(r"grad_norm/(embedding|head)/.*")
         return {"grad_norm": charts}
 
     @override
@@ -66,4 +93,9 @@ class GradientNorms(Diagnostic):
         writer = tensorboard_writer(trainer)
         if writer is None or not logging_step(trainer):
             return
-        write_scalars(writer, gradient_norms(parameter_tags(pl_module)), trainer.global_step)
+        derived = derived_tags(pl_module)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if derived and scaler is not None:
+            # fp16 AMP: the hooks saw the loss-scaled gradient, the parameters' has been unscaled since.
+            derived = {tag: grad / scaler.get_scale() for tag, grad in derived.items()}
+        write_scalars(writer, gradient_norms(parameter_tags(pl_module), derived), trainer.global_step)

@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, norm_heatmap, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.probe import CurveProbe, norm_image
 from seqmem.errors import require_choice
 
 ProbeLoss = Literal["last", "task"]
@@ -52,9 +53,10 @@ def timestep_grad_norms(pl_module: Diagnosable, x: Tensor, y: Tensor, loss: Prob
     return torch.stack(torch._foreach_norm(grads)).view(len(hiddens), -1)  # (L, T)
 
 
-class TimestepGradients(ProbeDiagnostic):
-    """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps: ``grad_time/heatmap`` (image: one row
-    per layer, time left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0),
+class TimestepGradients(CurveProbe):
+    """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps: ``grad_time/heatmap`` (a figure: one row
+    per layer, time step t left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0, with axes,
+    colour bar and the max in the title),
     ``grad_time/layer<l>/final`` (‖dL/dh_T‖), ``grad_time/layer<l>/ratio_lag<k>``
     (‖dL/dh_{T−k}‖ / ‖dL/dh_T‖) and ``grad_time/layer<l>/horizon`` (the gradient horizon).
 
@@ -85,11 +87,11 @@ class TimestepGradients(ProbeDiagnostic):
     @override
     def layout(self, pl_module: Diagnosable) -> Layout:
         charts = {
-            "gradient horizon": ["Multiline", [r"grad_time/layer\d+/horizon"]],
-            "final-step gradient": ["Multiline", [r"grad_time/layer\d+/final"]],
+            "gradient horizon": chart(r"grad_time/layer\d+/horizon"),
+            "final-step gradient": chart(r"grad_time/layer\d+/final"),
         }
         for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer} ratio at lags"] = ["Multiline", [rf"grad_time/layer{layer}/ratio_lag\d+"]]
+            charts[f"layer{layer} ratio at lags"] = chart(rf"grad_time/layer{layer}/ratio_lag\d+")
         return {"grad_time": charts}
 
     @override
@@ -99,4 +101,5 @@ class TimestepGradients(ProbeDiagnostic):
         for layer, curve in enumerate(norms):
             values.update(self.summarise(f"grad_time/layer{layer}", curve))
         write_scalars(writer, values, step)
-        writer.add_image("grad_time/heatmap", norm_heatmap(norms, self.decades), step)
+        image = norm_image(norms, self.decades, xlabel="time step t", ylabel="layer", quantity="‖dL/dh_t‖")
+        writer.add_image("grad_time/heatmap", image, step, dataformats="HWC")

@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, ProbeDiagnostic, norm_heatmap, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.probe import CurveProbe, norm_image
 from seqmem.errors import require
 
 
@@ -43,9 +44,10 @@ def input_sensitivity(pl_module: Diagnosable, x: Tensor, projections: int, seed:
     return vjp.square().sum(dim=-1).mean(dim=(0, 1)).sqrt()  # (T,)
 
 
-class InputSensitivity(ProbeDiagnostic):
-    """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps: ``sensitivity/heatmap`` (image, one
-    row, position ℓ left to right, colour log10(norm / max) from −``decades`` to 0),
+class InputSensitivity(CurveProbe):
+    """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps: ``sensitivity/heatmap`` (a figure, one
+    row, input position ℓ left to right, colour log10(norm / max) from −``decades`` to 0, with axes,
+    colour bar and the max in the title),
     ``sensitivity/final`` (ℓ = T), ``sensitivity/ratio_lag<k>`` (ℓ = T − k, relative to ℓ = T) and
     ``sensitivity/horizon`` (largest lag whose ratio is at least ``threshold``).
 
@@ -77,9 +79,9 @@ class InputSensitivity(ProbeDiagnostic):
     def layout(self, pl_module: Diagnosable) -> Layout:
         return {
             "sensitivity": {
-                "ratio at lags": ["Multiline", [r"sensitivity/ratio_lag\d+"]],
-                "horizon": ["Multiline", ["sensitivity/horizon"]],
-                "final input": ["Multiline", ["sensitivity/final"]],
+                "ratio at lags": chart(r"sensitivity/ratio_lag\d+"),
+                "horizon": chart("sensitivity/horizon"),
+                "final input": chart("sensitivity/final"),
             }
         }
 
@@ -87,4 +89,5 @@ class InputSensitivity(ProbeDiagnostic):
     def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         norms = input_sensitivity(pl_module, x, self.projections).detach()  # (T,)
         write_scalars(writer, self.summarise("sensitivity", norms), step)
-        writer.add_image("sensitivity/heatmap", norm_heatmap(norms[None], self.decades), step)
+        image = norm_image(norms[None], self.decades, xlabel="input position ℓ", ylabel="", quantity="‖∂h_T/∂x_ℓ‖")
+        writer.add_image("sensitivity/heatmap", image, step, dataformats="HWC")

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, PeriodicDiagnostic, write_scalars
+from seqmem.callbacks.base import Diagnosable, Layout, PeriodicDiagnostic, chart, write_scalars
 
 
 def spectral_summary(matrix: Tensor) -> dict[str, Tensor]:
@@ -43,10 +43,10 @@ class RecurrentSpectrum(PeriodicDiagnostic):
     def layout(self, pl_module: Diagnosable) -> Layout:
         charts = {}
         for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer} spectral radius"] = ["Multiline", [rf"spectral/layer{layer}/(.*/)?radius"]]
-            charts[f"layer{layer} singular values"] = ["Multiline", [rf"spectral/layer{layer}/(.*/)?sigma_.*"]]
+            charts[f"layer{layer} spectral radius"] = chart(rf"spectral/layer{layer}/(\w+/)?radius")
+            charts[f"layer{layer} singular values"] = chart(rf"spectral/layer{layer}/(\w+/)?sigma_(max|min)")
         if pl_module.net.orthogonal:
-            charts["distance from orthogonality"] = ["Multiline", [r"spectral/layer\d+/orthogonality_error"]]
+            charts["distance from orthogonality"] = chart(r"spectral/layer\d+/orthogonality_error")
         return {"spectral": charts}
 
     @override

@@ -75,6 +75,12 @@ class RecurrentNet(nn.Module):
         """The trainable tensors of one layer by role (W_in, W_h, b_in, b_h...) for diagnostics."""
         raise NotImplementedError
 
+    def derived_gradients(self, layer: int) -> dict[str, Tensor]:
+        """Gradients, by role, of tensors of one layer that are computed from parameters rather than parameters
+        themselves (the orthogonal cell's W_h), as the backward passes since the last ``zero_grad`` left them;
+        none by default."""
+        return {}
+
     def orthogonal_parameters(self) -> list[nn.Parameter]:
         """The parameters behind an orthogonal W_h, which train at their own learning rate; none by default."""
         return []
@@ -98,20 +104,31 @@ class RecurrentNet(nn.Module):
         hiddens = []
         for layer in range(self.num_layers):
             weights = self.layer_weights(layer)
-            x_proj = self.project_input(weights, layer_input)  # (B, T, gates*H)
-            s = layer_states[layer]
-            hs = []
-            # unbind, not x_proj[:, t]: the backward of T selects would write T full-size zero
-            # gradients (O(T²) memory traffic); unbind's backward is one stack.
-            for x_t in x_proj.unbind(1):  # (B, gates*H)
-                s = self.step(weights, x_t, s)
-                hs.append(s[0])
-            layer_states[layer] = s
+            states = self.layer_steps(weights, self.project_input(weights, layer_input), layer_states[layer])
+            layer_states[layer] = states[-1]
+            hs = [s[0] for s in states[1:]]  # h_1 .. h_T, each (B, H)
             hiddens.append(hs)
             out = torch.stack(hs, dim=1)  # (B, T, H)
             last = layer == self.num_layers - 1
             layer_input = out if last else F.dropout(out, self.dropout, self.training)
         return layer_input, self._pack(layer_states), hiddens
+
+    def layer_steps(
+        self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]
+    ) -> list[tuple[Tensor, ...]]:
+        """Run one layer step by step: the full state s_0 (= ``state``), s_1, ..., s_T, each a tuple of (B, H).
+
+        Args:
+            weights: the layer's :meth:`layer_weights`.
+            x_proj: (B, T, gates*H) projected inputs (:meth:`project_input`).
+            state: s_0, a tuple of ``state_size`` (B, H) tensors.
+        """
+        states = [state]
+        # unbind, not x_proj[:, t]: the backward of T selects would write T full-size zero gradients
+        # (O(T²) memory traffic); unbind's backward is one stack.
+        for x_t in x_proj.unbind(1):  # (B, gates*H)
+            states.append(self.step(weights, x_t, states[-1]))
+        return states
 
     def recurrent_matrices(self) -> dict[str, Tensor]:
         """W_h of every layer, split into its gate blocks: {"layer0/f": (H, H), ...}."""

@@ -3,6 +3,8 @@
 h_t = φ(W_h h_{t-1} + W_in x_t + b). Fused path: nn.RNN.
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,22 +14,40 @@ from seqmem.models.base import TorchRecurrentNet
 
 
 class VanillaRNN(TorchRecurrentNet):
-    """tanh RNN with PyTorch's default init, U(-1/sqrt(H), 1/sqrt(H)).
+    """tanh RNN with PyTorch's default init, U(-1/sqrt(H), 1/sqrt(H)) (spectral radius of W_h ≈ 0.58).
 
     Args:
         input_size: features per time step of the input.
         hidden_size: units per layer.
         num_layers: stacked recurrent layers.
         dropout: dropout between layers.
+        spectral_radius: rescale every initial W_h to this spectral radius (None: keep PyTorch's init).
+            Above 1 the linearised recurrence grows geometrically: the setting for exploding gradients.
     """
 
     nonlinearity = "tanh"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        spectral_radius: Optional[float] = None,
+    ):
         super().__init__(input_size, hidden_size, num_layers, dropout)
+        require(
+            spectral_radius is None or spectral_radius > 0,
+            f"model.spectral_radius must be > 0 or null, got {spectral_radius}",
+        )
         self.rnn = nn.RNN(
             input_size, hidden_size, num_layers, nonlinearity=self.nonlinearity, batch_first=True, dropout=dropout
         )
+        if spectral_radius is not None:
+            with torch.no_grad():
+                for layer in range(num_layers):
+                    w_h = self.layer_weights(layer)[1]  # (H, H)
+                    w_h.mul_(spectral_radius / torch.linalg.eigvals(w_h).abs().max())
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         _, w_h, _, b_h = weights

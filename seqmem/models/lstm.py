@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.models.base import TorchRecurrentNet
+from seqmem.models.state import State, state_from_parts, state_parts
 
 
 class LSTM(TorchRecurrentNet):
@@ -45,6 +46,16 @@ class LSTM(TorchRecurrentNet):
                     _, _, b_in, b_h = self.layer_weights(layer)
                     b_in[forget] = forget_bias
                     b_h[forget] = 0.0
+
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's LSTM under CPU autocast fails on float32 inputs on CPUs without native bfloat16 (no
+            # AVX-512: "could not create a primitive descriptor"); handed inputs already in the autocast
+            # dtype, which autocast computes in anyway, it runs.
+            dtype = torch.get_autocast_dtype("cpu")
+            x = x.to(dtype)
+            state = None if state is None else state_from_parts(tuple(p.to(dtype) for p in state_parts(state)))
+        return self.rnn(x, state)  # (B, T, H), state
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         _, w_h, _, b_h = weights

@@ -68,8 +68,9 @@ def modrelu(z: Tensor, bias: Tensor) -> Tensor:
 class OrthogonalRNN(RecurrentNet):
     """RNN whose recurrent matrix stays exactly orthogonal (expRNN / scoRNN family).
 
-    The skew-symmetric parameters behind W_h (:meth:`orthogonal_parameters`) train at their own learning
-    rate (``model.orthogonal_lr_scale``).
+    The skew-symmetric parameters behind W_h (:meth:`orthogonal_parameters`, role ``A_skew``) train at their own
+    learning rate (``model.orthogonal_lr_scale``). W_h itself is computed, not a parameter: the gradient of the
+    matrix each forward computed, dL/dW_h, is kept by a tensor hook (:meth:`derived_gradients`).
 
     Args:
         input_size: features per time step of the input.
@@ -121,6 +122,7 @@ class OrthogonalRNN(RecurrentNet):
             )
         # The fused kernel wants a second bias; a constant zero keeps one trainable bias per layer.
         self.register_buffer("zero_bias", torch.zeros(hidden_size), persistent=False)
+        self.w_h_grads: dict[int, Tensor] = {}  # layer -> dL/dW_h, filled by _keep_w_h_grad's hooks
 
     def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         if self.activation == "modrelu":
@@ -134,22 +136,45 @@ class OrthogonalRNN(RecurrentNet):
         return outputs, state  # (B, T, H), (L, B, H)
 
     def layer_weights(self, layer: int) -> tuple[Tensor, ...]:
-        weights = (self.weight_ih[layer], self.recurrent[layer].weight, self.bias[layer], self.zero_bias)
+        w_h = self.recurrent[layer].weight  # computed from the skew parameter, once per forward
+        self._keep_w_h_grad(layer, w_h)
+        weights = (self.weight_ih[layer], w_h, self.bias[layer], self.zero_bias)
         return weights + (self.modrelu_bias[layer],) if self.activation == "modrelu" else weights
+
+    def _keep_w_h_grad(self, layer: int, w_h: Tensor) -> None:
+        """Hook ``w_h`` so that backward passes leave dL/dW_h in ``w_h_grads[layer]``, accumulated as ``.grad`` is.
+
+        The skew parameter's ``.grad`` is None until the first backward after ``zero_grad`` (set_to_none, torch's
+        and Lightning's default) reaches it, and W_h's gradient is computed just before it: None then means a
+        fresh gradient, anything else another backward to add, as under gradient accumulation.
+        """
+        if not w_h.requires_grad:  # no_grad (spectra, the skipped steps of truncated BPTT): nothing to keep
+            return
+        skew = self.recurrent[layer].parametrizations.weight.original
+
+        def keep(grad: Tensor) -> None:
+            kept = self.w_h_grads.get(layer)
+            self.w_h_grads[layer] = grad.detach() if skew.grad is None or kept is None else kept + grad.detach()
+
+        w_h.register_hook(keep)
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         pre = x_proj + F.linear(state[0], weights[1])  # (B, H)
         return (modrelu(pre, weights[4]) if self.activation == "modrelu" else torch.tanh(pre),)
 
     def layer_parameters(self, layer: int) -> dict[str, nn.Parameter]:
+        # The one trainable bias (b_h of the fused kernel is the constant zero_bias); W_h's parameter is A_skew.
         params = {
             "W_in": self.weight_ih[layer],
-            "W_h": self.recurrent[layer].parametrizations.weight.original,
+            "A_skew": self.recurrent[layer].parametrizations.weight.original,
             "b_in": self.bias[layer],
         }
         if self.activation == "modrelu":
             params["b_modrelu"] = self.modrelu_bias[layer]
         return params
+
+    def derived_gradients(self, layer: int) -> dict[str, Tensor]:
+        return {"W_h": self.w_h_grads[layer]} if layer in self.w_h_grads else {}
 
     def orthogonal_parameters(self) -> list[nn.Parameter]:
         return [linear.parametrizations.weight.original for linear in self.recurrent]

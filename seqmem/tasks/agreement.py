@@ -10,16 +10,18 @@ Earlier clauses ("I work , he works ,") show the agreement rule in context.
 import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from seqmem.errors import ConfigError, require
+from seqmem.errors import ConfigError, quote, require, shorten
 from seqmem.tasks.spec import SyntheticTask, TaskSpec
 
 PAD = "<pad>"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The lexicon shipped inside the package, next to this module (package data in pyproject.toml).
+PACKAGED_LEXICON = "agreement_lexicon.json"
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,32 @@ class AgreementLexicon:
     comma: int
 
 
-def load_lexicon(path: Path) -> AgreementLexicon:
-    """Read a lexicon json (keys ``subjects``, ``verbs``, ``objects``, ``fillers``) into id tables."""
-    require(path.is_file(), f"data.lexicon must be an existing json file, got {str(path)!r}")
+def load_lexicon(path: Optional[Path] = None) -> AgreementLexicon:
+    """Read a lexicon json (keys ``subjects``, ``verbs``, ``objects``, ``fillers``) into id tables.
+
+    Args:
+        path: a lexicon of your own; None reads the one packaged with seqmem (``seqmem/tasks/agreement_lexicon.json``,
+            found through ``importlib.resources``, so it works from an installed wheel).
+
+    Raises:
+        ConfigError: naming ``data.lexicon`` when the file is missing, unreadable, not UTF-8 json or incomplete.
+    """
+    if path is None:
+        return parse_lexicon(resources.files(__package__).joinpath(PACKAGED_LEXICON).read_text(encoding="utf-8"))
+    require(path.is_file(), f"data.lexicon must be an existing json file, got {quote(str(path))}")
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")  # json is UTF-8 by definition
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"data.lexicon {quote(str(path))} is not UTF-8 json text: {shorten(str(err))}") from None
+    except OSError as err:
+        raise ConfigError(f"data.lexicon {quote(str(path))} cannot be read: {shorten(str(err))}") from None
+    return parse_lexicon(text, str(path))
+
+
+def parse_lexicon(text: str, source: str = PACKAGED_LEXICON) -> AgreementLexicon:
+    """Id tables of a lexicon json's text; ``source`` names it in errors."""
+    try:
+        raw = json.loads(text)
         subjects, verbs, objects, fillers = raw["subjects"], raw["verbs"], raw["objects"], raw["fillers"]
         words = [s["word"] for s in subjects] + [w for pair in verbs for w in pair]
         words += [o["word"] for o in objects] + list(fillers) + [","]
@@ -68,12 +91,12 @@ def load_lexicon(path: Path) -> AgreementLexicon:
             comma=ids[","],
         )
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"data.lexicon {str(path)!r} is not a valid agreement lexicon: {err!r}") from None
+        raise ConfigError(f"data.lexicon {quote(source)} is not a valid agreement lexicon: {quote(err)}") from None
     require(
         bool(lexicon.subject_3sg.any() and (~lexicon.subject_3sg).any())
         and len(lexicon.objects_sg) > 0
         and len(lexicon.objects_pl) > 0,
-        f"data.lexicon {str(path)!r} needs 3sg and non-3sg subjects and singular and plural objects",
+        f"data.lexicon {quote(source)} needs 3sg and non-3sg subjects and singular and plural objects",
     )
     return lexicon
 
@@ -172,8 +195,8 @@ class AgreementData(SyntheticTask):
             uniformly per sequence. The stretched regime is min_len=max_len=50, distance=30.
         attractor_prob: probability that each intervening token is an object pronoun (of either
             number, so an attractor half of the time).
-        lexicon: lexicon json; a relative path not found from the working directory is resolved
-            against the repository root (default: the shipped data/agreement_lexicon.json).
+        lexicon: a lexicon json of your own (the packaged seqmem/tasks/agreement_lexicon.json shows the
+            keys); None: the packaged one.
         batch_size: sequences per batch.
         train_batches: batches per training epoch (the same batches every epoch).
         val_batches: batches per validation (and test) run.
@@ -186,7 +209,7 @@ class AgreementData(SyntheticTask):
         max_len: int = 12,
         distance: Optional[int] = None,
         attractor_prob: float = 0.3,
-        lexicon: str = "data/agreement_lexicon.json",
+        lexicon: Optional[str] = None,
         batch_size: int = 128,
         train_batches: int = 1000,
         val_batches: int = 10,
@@ -203,8 +226,7 @@ class AgreementData(SyntheticTask):
             )
         require(0 <= attractor_prob <= 1, f"data.attractor_prob must be in [0, 1], got {attractor_prob}")
         self.save_hyperparameters()
-        path = Path(lexicon).expanduser()
-        self.lexicon = load_lexicon(path if path.is_file() or path.is_absolute() else REPO_ROOT / path)
+        self.lexicon = load_lexicon(None if lexicon is None else Path(lexicon).expanduser())
 
     @property
     def spec(self) -> TaskSpec:
@@ -219,6 +241,9 @@ class AgreementData(SyntheticTask):
             input_tokens=True,
             accuracy_steps=1,
             bucket_names=names,
+            solved_metric="val/acc",
+            solved_threshold=0.99,
+            solved_mode="max",
         )
 
     def make_batch(self, generator: torch.Generator) -> dict:

@@ -80,6 +80,9 @@ class CopyData(SyntheticTask):
             baseline=baseline,
             input_tokens=True,
             accuracy_steps=hp.num_copy,
+            solved_metric="val/acc",  # on the recalled symbols only
+            solved_threshold=0.99,
+            solved_mode="max",
         )
 
     def make_batch(self, generator: torch.Generator) -> dict:

@@ -4,6 +4,9 @@ Consecutive batches continue the same streams, so the model carries its hidden s
 window to the next (truncated BPTT, as in pytorch/examples word_language_model).
 """
 
+import codecs
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Literal, Optional
@@ -13,11 +16,59 @@ import torch
 from torch.utils.data import IterableDataset
 from typing_extensions import override
 
-from seqmem.errors import ConfigError, require
+from seqmem.errors import ConfigError, quote, require, shorten
 from seqmem.tasks.spec import TaskDataModule, TaskSpec, batch_loader
 
 SPLITS = ("train", "validation", "test")
 UNK, EOS = "<unk>", "<eos>"
+#: Seconds the Hub may take to answer before an lm run without data.path gives up (datasets retries for minutes).
+HUB_PROBE_TIMEOUT = 5.0
+
+
+def corpus_files(corpus: Path) -> dict[str, Path]:
+    """The file of each split: a folder's train.txt, valid.txt and test.txt (valid.txt again when absent), or
+    a single file as "train" (split by ``val_fraction`` later)."""
+    if not corpus.is_dir():
+        return {"train": corpus}
+    test = corpus / "test.txt" if (corpus / "test.txt").is_file() else corpus / "valid.txt"
+    return {"train": corpus / "train.txt", "validation": corpus / "valid.txt", "test": test}
+
+
+def check_text(path: Path, encoding: str, chunk_size: int = 1 << 20) -> None:
+    """Raise :class:`ConfigError` naming ``data.path`` unless ``path`` is ``encoding`` text without NUL characters.
+
+    Read in chunks through an incremental decoder, so a large corpus never sits in memory twice.
+    """
+    where = quote(str(path))
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with path.open("rb") as file:
+        try:
+            while chunk := file.read(chunk_size):
+                text = decoder.decode(chunk)
+                require("\0" not in text, f"data.path file {where} holds NUL characters: a binary file, not text")
+                offset += len(chunk)
+            decoder.decode(b"", final=True)  # a multi-byte character cut off at the end
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"data.path file {where} is not {encoding} text ({shorten(err.reason)} near byte "
+                f"{offset + err.start}): a binary file, or text in another encoding — pass it as --data.encoding "
+                "(e.g. latin-1)"
+            ) from None
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face Hub (``datasets.config.HF_ENDPOINT``) answers within ``timeout`` seconds.
+
+    Any HTTP reply counts, an error status too; proxies in the environment are honoured, as ``datasets`` does.
+    """
+    try:
+        urllib.request.urlopen(datasets.config.HF_ENDPOINT, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):  # URLError, timeouts, refused connections; a malformed endpoint
+        return False
+    return True
 
 
 def tokenize(text: str, level: str) -> list[str]:
@@ -69,6 +120,23 @@ class Windows(IterableDataset):
             yield {"x": x, "y": y}
 
 
+def check_corpus(corpus: Path, encoding: str) -> None:
+    """Raise :class:`ConfigError` naming ``data.path`` unless ``corpus`` is a non-empty text file, or a folder with
+    train.txt and valid.txt, whose files are ``encoding`` text."""
+    where = quote(str(corpus))
+    if corpus.is_dir():
+        for name in ("train.txt", "valid.txt"):
+            require(
+                (corpus / name).is_file(),
+                f"data.path folder {where} must hold train.txt and valid.txt (test.txt optional); {name} is missing",
+            )
+    else:
+        require(corpus.is_file(), f"data.path must be a text file or a folder with train.txt, got missing {where}")
+        require(corpus.stat().st_size > 0, f"data.path must be a non-empty text file, got empty {where}")
+    for file in dict.fromkeys(corpus_files(corpus).values()):
+        check_text(file, encoding)
+
+
 class LMData(TaskDataModule):
     """Character- or word-level language modelling on a local text corpus or a Hub dataset.
 
@@ -84,6 +152,7 @@ class LMData(TaskDataModule):
         batch_size: number of parallel contiguous streams per device.
         val_fraction: share of a single text file held out for validation and test.
         cache_dir: cache folder of the datasets library.
+        encoding: text encoding of the files of ``path`` (a Python codec name, e.g. utf-8, latin-1, utf-16).
     """
 
     def __init__(
@@ -96,26 +165,21 @@ class LMData(TaskDataModule):
         batch_size: int = 32,
         val_fraction: float = 0.1,
         cache_dir: str = "data/cache",
+        encoding: str = "utf-8",
     ):
         super().__init__()
-        require(level in ("char", "word"), f"data.level must be 'char' or 'word', got {level!r}")
+        require(level in ("char", "word"), f"data.level must be 'char' or 'word', got {quote(level)}")
         require(seq_len >= 1, f"data.seq_len must be >= 1, got {seq_len}")
         require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
         require(0 < val_fraction < 1, f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ConfigError(
+                f"data.encoding must be a text encoding (utf-8, latin-1, ...), got {quote(encoding)}"
+            ) from None
         if path is not None:
-            corpus = Path(path).expanduser()
-            if corpus.is_dir():
-                for name in ("train.txt", "valid.txt"):
-                    require(
-                        (corpus / name).is_file(),
-                        f"data.path folder {path!r} must hold train.txt and valid.txt (test.txt optional); "
-                        f"{name} is missing",
-                    )
-            else:
-                require(
-                    corpus.is_file(), f"data.path must be a text file or a folder with train.txt, got missing {path!r}"
-                )
-                require(corpus.stat().st_size > 0, f"data.path must be a non-empty text file, got empty {path!r}")
+            check_corpus(Path(path).expanduser(), encoding)
         self.save_hyperparameters()
         self._texts: Optional[dict[str, str]] = None
         self._vocab: Optional[list[str]] = None
@@ -127,24 +191,32 @@ class LMData(TaskDataModule):
         """The raw text of each split, read through ``datasets`` (cached in ``cache_dir``)."""
         hp = self.hparams
         if hp.path is None:
+            # Offline mode (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE) reads the cache at once; otherwise a short probe
+            # first: with the Hub out of reach, datasets would retry for minutes before failing.
+            require(
+                datasets.config.HF_HUB_OFFLINE or hub_reachable(),
+                f"data.path is not set and the Hugging Face Hub ({datasets.config.HF_ENDPOINT}) cannot be reached to "
+                f"load data.hub_dataset {quote(hp.hub_dataset)}: pass data.path (a text file, or a folder with "
+                "train.txt and valid.txt), or set HF_HUB_OFFLINE=1 to use a cached copy",
+            )
             try:
                 hub = datasets.load_dataset(hp.hub_dataset, hp.hub_config, cache_dir=hp.cache_dir)
             except Exception as err:  # offline, unknown name, ...: the datasets library raises many kinds
                 raise ConfigError(
-                    f"data.hub_dataset {hp.hub_dataset!r} ({hp.hub_config!r}) could not be loaded from the Hugging "
-                    f"Face Hub ({type(err).__name__}); offline, pass data.path: a text file or a folder with "
+                    f"data.hub_dataset {quote(hp.hub_dataset)} ({quote(hp.hub_config)}) could not be loaded from the "
+                    f"Hugging Face Hub ({type(err).__name__}); offline, pass data.path: a text file or a folder with "
                     "train.txt and valid.txt"
                 ) from err
             return {split: "".join(hub[split]["text"]) for split in SPLITS}
         corpus = Path(hp.path).expanduser()
-        if corpus.is_dir():
-            test = corpus / "test.txt" if (corpus / "test.txt").is_file() else corpus / "valid.txt"
-            files = {"train": corpus / "train.txt", "validation": corpus / "valid.txt", "test": test}
-        else:
-            files = {"train": corpus}
+        files = corpus_files(corpus)
         # One document per file keeps the text exactly as written, line breaks included.
         loaded = datasets.load_dataset(
-            "text", data_files={k: str(v) for k, v in files.items()}, sample_by="document", cache_dir=hp.cache_dir
+            "text",
+            data_files={k: str(v) for k, v in files.items()},
+            sample_by="document",
+            cache_dir=hp.cache_dir,
+            encoding=hp.encoding,
         )
         texts = {split: "".join(loaded[split]["text"]) for split in files}
         if not corpus.is_dir():
@@ -163,7 +235,7 @@ class LMData(TaskDataModule):
         """Token of each id, built on the training split on first use."""
         if self._vocab is None:
             train = self._tokens("train")
-            require(self._texts["train"].strip() != "", f"data.path {self.hparams.path!r} has no training text")
+            require(self._texts["train"].strip() != "", f"data.path {quote(self.hparams.path)} has no training text")
             vocab = build_vocab(train)
             held_out = set(self._tokens("validation")) | set(self._tokens("test"))
             if UNK not in vocab and not held_out <= set(vocab):
@@ -185,6 +257,8 @@ class LMData(TaskDataModule):
             perplexity=True,
             char_level=self.hparams.level == "char",
             stateful=True,
+            # No default solved criterion: a good bpc or perplexity depends on the corpus. Set one where
+            # it is known, e.g. StepsToSolve(metric="val/bpc", threshold=2.0, mode="min").
         )
 
     @override
@@ -214,7 +288,7 @@ class LMData(TaskDataModule):
             tokens = self._tokens(split)
             require(
                 unk is not None or all(t in ids_of for t in set(tokens)),
-                f"data.path {hp.path!r} holds tokens missing from the restored vocabulary",
+                f"data.path {quote(hp.path)} holds tokens missing from the restored vocabulary",
             )
             ids = torch.tensor([ids_of.get(t, unk) for t in tokens], dtype=torch.long)  # (N,)
             everyone = batchify(ids, hp.batch_size * self._world_size)  # (B*W, N//(B*W))

@@ -12,8 +12,9 @@ Batches are dicts:
 """
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import lightning as L
 import torch
@@ -42,6 +43,10 @@ class TaskSpec:
         perplexity: report ``val/ppl`` (and ``val/bpc`` when ``char_level``).
         char_level: the tokens are characters (bits per character is meaningful).
         stateful: consecutive batches continue the same streams, so the hidden state is carried.
+        solved_metric: the validation metric that says the task is solved (``StepsToSolve`` and
+            ``seqmem sweep`` use it by default), e.g. ``val/acc``; None: the task has no default criterion.
+        solved_threshold: the task counts as solved once ``solved_metric`` reaches this value.
+        solved_mode: ``"max"``: solved when the metric is >= the threshold; ``"min"``: when it is <= it.
     """
 
     name: str
@@ -56,6 +61,9 @@ class TaskSpec:
     perplexity: bool = False
     char_level: bool = False
     stateful: bool = False
+    solved_metric: Optional[str] = None
+    solved_threshold: Optional[float] = None
+    solved_mode: str = "max"
 
     def compute_loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """Mean loss of predictions against targets: MSE, or cross-entropy over every target step.
@@ -69,13 +77,21 @@ class TaskSpec:
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))  # over B*T targets
 
 
-class TaskDataModule(L.LightningDataModule):
-    """Base class of every task: subclasses provide :attr:`spec` and their dataloaders."""
+class TaskDataModule(L.LightningDataModule, ABC):
+    """Base class of every task: subclasses provide :attr:`spec` and their dataloaders.
+
+    Abstract, as is :class:`SyntheticTask`: ``--data`` offers (and accepts) only the concrete tasks.
+    """
 
     @property
+    @abstractmethod
     def spec(self) -> TaskSpec:
         """The task's sizes, loss and baseline — available right after ``__init__``."""
-        raise NotImplementedError
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        """``seqmem predict`` runs on the test split."""
+        return self.test_dataloader()
 
 
 class SyntheticTask(TaskDataModule):
@@ -99,9 +115,9 @@ class SyntheticTask(TaskDataModule):
         require(val_batches >= 1, f"data.val_batches must be >= 1, got {val_batches}")
         require(seed >= 0, f"data.seed must be >= 0, got {seed}")
 
+    @abstractmethod
     def make_batch(self, generator: torch.Generator) -> dict:
         """One batch, a pure function of ``generator``."""
-        raise NotImplementedError
 
     def _loader(self, split: int, num_batches: int) -> DataLoader:
         # Seeds 3*seed + split never coincide across (seed, split) pairs: the streams are disjoint.

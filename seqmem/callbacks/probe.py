@@ -1,0 +1,182 @@
+"""The probe diagnostics' common ground: a fixed probe batch, probe mode, and the curves they summarise.
+
+A probe runs extra forward/backward passes of the step-by-step path on a fixed batch every N steps,
+without touching the training gradients. The per-timestep gradients and the input sensitivity both
+measure a curve over time whose ratio to its last entry decays with the lag: :class:`CurveProbe`
+summarises such a curve (final value, ratios at chosen lags, horizon) and draws it as a heatmap.
+"""
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
+
+from seqmem.callbacks.base import Diagnosable, PeriodicDiagnostic
+from seqmem.errors import require
+
+
+class ProbeDiagnostic(PeriodicDiagnostic):
+    """A periodic diagnostic that runs extra forward/backward passes on a fixed probe batch.
+
+    The probe batch is the first ``probe_batch_size`` rows of the first training batch this rank
+    sees, kept for the whole run so that successive probes differ only by the weights; each probe
+    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation), in
+    :func:`probe_mode`. Probes are rank-local: they run on global rank 0 only and are not reduced.
+
+    Subclasses implement :meth:`probe_and_log`.
+
+    Args:
+        every_n_steps: probe on optimizer steps 0, N, 2N, ...
+        probe_batch_size: rows of the first training batch kept as the probe batch.
+    """
+
+    def __init__(self, every_n_steps: int, probe_batch_size: int):
+        super().__init__(every_n_steps)
+        name = type(self).__name__
+        require(probe_batch_size >= 1, f"probe_batch_size of {name} must be >= 1, got {probe_batch_size}")
+        self.probe_batch_size = probe_batch_size
+        self.probe: Optional[dict[str, Tensor]] = None
+
+    @override
+    def on_train_batch_start(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: dict, batch_idx: int
+    ) -> None:
+        if self.probe is None and trainer.is_global_zero:
+            # Clone: the loader may reuse its buffers, and the probe must stay fixed.
+            self.probe = {key: batch[key][: self.probe_batch_size].clone() for key in ("x", "y")}
+
+    @override
+    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
+        if self.probe is None:
+            return
+        device = next(pl_module.parameters()).device  # a probe restored from a checkpoint arrives on the CPU
+        x, y = (self.probe[key].to(device) for key in ("x", "y"))
+        with probe_mode(pl_module):
+            self.probe_and_log(writer, pl_module, x, y, step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # The probe batch travels in checkpoints: a resumed run goes on probing the same batch (its first
+        # training batch would be another), so its curves continue instead of jumping.
+        probe = None if self.probe is None else {key: value.cpu() for key, value in self.probe.items()}
+        return {"probe": probe}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe = state_dict["probe"]
+
+    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
+        """Run the probe on (x, y) and write its tags at ``step``."""
+        raise NotImplementedError
+
+
+@contextmanager
+def probe_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off), autograd on, full precision; the training mode is restored after.
+
+    Needed because ``on_before_optimizer_step`` runs inside ``optimizer.step``, where torch turns
+    autograd off, and a probe must measure the deterministic network, not one dropout sample.
+    """
+    was_training = module.training
+    module.eval()
+    device_type = next(module.parameters()).device.type
+    try:
+        with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        module.train(was_training)
+
+
+class CurveProbe(ProbeDiagnostic):
+    """A probe that measures a curve over time (a norm per step or input position) and logs its decay with lag.
+
+    Args:
+        every_n_steps: probe on optimizer steps 0, N, 2N, ...
+        probe_batch_size: rows of the first training batch kept as the probe batch.
+        lags: lags k at which the ratio of a curve to its lag-0 value is logged (those < T).
+        threshold: the horizon is the largest lag whose ratio is at least this.
+        decades: orders of magnitude spanned by the heatmap's colour scale.
+    """
+
+    def __init__(
+        self, every_n_steps: int, probe_batch_size: int, lags: tuple[int, ...], threshold: float, decades: float
+    ):
+        super().__init__(every_n_steps, probe_batch_size)
+        name = type(self).__name__
+        require(all(k >= 1 for k in lags), f"lags of {name} must all be >= 1, got {list(lags)}")
+        require(0 < threshold < 1, f"threshold of {name} must be in (0, 1), got {threshold}")
+        require(decades > 0, f"decades of {name} must be > 0, got {decades}")
+        self.lags = tuple(lags)
+        self.threshold = threshold
+        self.decades = decades
+
+    def summarise(self, prefix: str, norms: Tensor) -> dict[str, Tensor]:
+        """``<prefix>/final`` (lag 0), ``<prefix>/ratio_lag<k>`` and ``<prefix>/horizon`` of a (T,) curve."""
+        T = norms.shape[0]
+        values = {f"{prefix}/final": norms[-1]}
+        for k in self.lags:
+            if k < T:
+                values[f"{prefix}/ratio_lag{k}"] = norms[T - 1 - k] / norms[-1]
+        values[f"{prefix}/horizon"] = gradient_horizon(norms, self.threshold)
+        return values
+
+
+def norm_image(norms: Tensor, decades: float, xlabel: str, ylabel: str, quantity: str) -> np.ndarray:
+    """A heatmap of (R, T) norms, readable on its own: log10(norm / max) from −``decades`` to 0 in viridis,
+    one row per R (layers), T along the x axis, with axis labels, a colour bar and the max in the title.
+
+    Args:
+        norms: (R, T) non-negative norms.
+        decades: orders of magnitude spanned by the colour scale; smaller ratios share its darkest colour.
+        xlabel: what the columns are (time step t, input position ℓ).
+        ylabel: what the rows are ("layer"), or "" for a single unlabelled row.
+        quantity: the norm's name in the title and colour bar, e.g. "‖dL/dh_t‖".
+
+    Returns:
+        (H, W, 3) uint8 RGB image for ``SummaryWriter.add_image(..., dataformats="HWC")``.
+    """
+    log_norms = norms.detach().float().clamp_min(torch.finfo(torch.float32).tiny).log10()  # (R, T)
+    peak = log_norms.max()
+    rows, steps = log_norms.shape
+    figure = Figure(figsize=(7.0, 1.6 + 0.35 * rows), dpi=80, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        (log_norms - peak).cpu().numpy(),
+        aspect="auto",
+        cmap="viridis",
+        vmin=-decades,
+        vmax=0.0,
+        interpolation="nearest",
+        extent=(-0.5, steps - 0.5, rows - 0.5, -0.5),
+    )
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_yticks(range(rows) if ylabel else [])
+    axes.set_title(f"{quantity} relative to its max ({10 ** peak.item():.3g})", fontsize="medium")
+    figure.colorbar(image, ax=axes, label=f"log10({quantity} / max)")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+
+
+def gradient_horizon(norms: Tensor, threshold: float = 1e-3) -> Tensor:
+    """Largest lag k with norms[T−1−k] / norms[T−1] ≥ threshold (0 where the final norm is 0).
+
+    Args:
+        norms: (..., T) norms along time, the last entry at lag 0.
+        threshold: smallest ratio to the final norm that still counts as reaching back.
+
+    Returns:
+        (...) long tensor of lags, computed on the device (no host sync).
+    """
+    final = norms[..., -1:]  # (..., 1)
+    lags = torch.arange(norms.shape[-1] - 1, -1, -1, device=norms.device)  # (T,) lag of each position
+    reaches = (norms >= threshold * final) & (final > 0)  # (..., T)
+    return torch.where(reaches, lags, 0).amax(dim=-1)  # (...)

@@ -1,0 +1,240 @@
+"""One trial of a sweep, as Ray Tune runs it in a worker: a real ``seqmem fit`` in its own run folder.
+
+The run folder ``<out>/<run name>/`` holds the trial's TensorBoard events, checkpoints, ``config.yaml``,
+``train.log`` (everything the run printed), ``trial.json`` (what the outcome depends on) and, once the
+trial has finished, ``result.json``. Starting the trial again:
+
+- ``result.json`` there: the result is reported at once, nothing is trained (recorded tags are read
+  again, so a changed ``record`` applies without retraining);
+- no ``result.json`` but a ``checkpoints/last.ckpt`` (stopped at Ctrl-C, or an error after the first
+  validation): training resumes from it (``--ckpt_path``);
+- otherwise the folder is cleared and the trial starts over.
+
+A run folder whose ``trial.json`` differs (another budget, criterion, option) is never reused: the
+trial stops with an error that says so.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ray import tune
+
+from seqmem.sweep.config import Record, Sweep
+from seqmem.sweep.events import read_scalars
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class TrialError(RuntimeError):
+    """A trial could not finish; the message is one line (the full traceback is in its train.log)."""
+
+
+def run_trial(config: dict[str, Any], sweep: Sweep, out: str, cwd: str, threads: int, gpus: float) -> None:
+    """Ray Tune's trainable: run (or resume, or reuse) one trial and report its result.
+
+    Args:
+        config: the trial's point of the grid, {axis key: label}, as Ray's grid search resolved it.
+        sweep: the sweep the trial belongs to.
+        out: the sweep folder; the run folder is ``<out>/<run name>``.
+        cwd: the directory the sweep was started from: relative paths in options resolve against it,
+            as they would for ``seqmem fit`` (Ray starts trials in a folder of its own).
+        threads: torch threads of this trial, fixed so that results do not depend on how many trials
+            share the machine.
+        gpus: the GPU share of this trial; > 0 trains on the one GPU Ray assigned.
+    """
+    point = {axis.key: config[axis.key] for axis in sweep.axes}
+    run_dir = Path(out) / sweep.trial_name(point)
+    finished = claim(run_dir, json.loads(json.dumps(sweep.definition(point))))  # as trial.json reads back
+    if finished is not None:
+        tune.report({**finished, "record": read_records(run_dir, sweep.record), "skipped": True})
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = last if last.is_file() else None
+    if resume is not None:
+        # LightningCLI refuses to overwrite the config.yaml of the first attempt; it writes it again.
+        (run_dir / "config.yaml").unlink(missing_ok=True)
+    if os.path.isdir(cwd):  # on another node of a cluster it may not exist: then paths must be absolute
+        os.chdir(cwd)
+    with output_to(run_dir / "train.log"):
+        result = train(fit_args(sweep, point, Path(out), gpus, resume), threads)
+    result.update(name=run_dir.name, record=read_records(run_dir, sweep.record))
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    tune.report({**result, "skipped": False})
+
+
+def claim(run_dir: Path, definition: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Make ``run_dir`` this trial's: its result if it has finished, else None, the folder ready to train in.
+
+    Raises:
+        TrialError: the folder is not a sweep run, or a run of another definition.
+    """
+    previous = read_json(run_dir / "trial.json")
+    if previous is None and run_dir.exists():
+        raise TrialError(
+            f"{run_dir} exists but is not a sweep run (no trial.json): move it, or sweep into another --out"
+        )
+    if previous is not None and previous != definition:
+        changed = ", ".join(key for key in definition if previous.get(key) != definition[key])
+        raise TrialError(
+            f"{run_dir} holds a run with another {changed}: delete that folder, or sweep into another --out"
+        )
+    finished = read_json(run_dir / "result.json")
+    if finished is not None:
+        return finished
+    if run_dir.exists() and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        shutil.rmtree(run_dir)  # an attempt that left no checkpoint: its events would only overlap the new ones
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "trial.json").write_text(json.dumps(definition, indent=1))
+    return None
+
+
+def fit_args(sweep: Sweep, point: dict[str, Any], out: Path, gpus: float, resume: Optional[Path]) -> list[str]:
+    """The ``seqmem fit`` arguments of one trial."""
+    args = ["fit", "--config", str(sweep.base)]
+    for key, value in sweep.trial_options(point).items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]  # JSON is YAML to jsonargparse
+    solved = {"stop_when_solved": sweep.stop_when_solved}
+    if sweep.solved is not None:
+        solved.update(metric=sweep.solved.metric, threshold=sweep.solved.threshold, mode=sweep.solved.mode)
+    args += [
+        "--trainer.max_steps",
+        str(sweep.budget),
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.enable_progress_bar",
+        "false",
+        # version "": the events go straight into <out>/<run name>, the name TensorBoard shows.
+        "--trainer.logger.class_path",
+        TENSORBOARD,
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.logger.init_args.name",
+        sweep.trial_name(point),
+        "--trainer.logger.init_args.version",
+        "",
+        "--trainer.callbacks+",
+        json.dumps({"class_path": "seqmem.callbacks.StepsToSolve", "init_args": solved}),
+        "--trainer.callbacks+",
+        json.dumps({"class_path": "seqmem.sweep.report.ReportToTune"}),
+    ]
+    if gpus > 0:
+        args += ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]  # Ray exposes only this trial's GPU
+    if resume is not None:
+        args += ["--ckpt_path", str(resume)]
+    return args
+
+
+def train(args: list[str], threads: int) -> dict[str, Any]:
+    """Run ``seqmem fit`` in this process; the outcome as a dict, or a one-line :class:`TrialError`."""
+    import torch
+
+    from seqmem.callbacks import NonFiniteError, StepsToSolve
+    from seqmem.cli import run_cli
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the Ray worker's own arguments would make LightningCLI warn
+    try:
+        cli = run_cli(args)
+    except NonFiniteError as stopped:
+        # The guard stopped a run whose updates kept going NaN/inf: an outcome of the configuration (an
+        # exploding recurrence without clipping, say), reported as such rather than as a failed trial.
+        print(f"seqmem: {stopped}")  # into train.log
+        return {
+            "status": "diverged",
+            "steps_to_solve": None,
+            "steps": stopped.step,
+            "criterion": None,
+            "metric": None,
+            "final": None,
+            "seconds": time.perf_counter() - start,
+        }
+    except Exception as error:
+        traceback.print_exc()  # into train.log
+        raise TrialError(one_line(error)) from None  # the cause may not unpickle in the driver
+    finally:
+        sys.argv = argv
+    if cli.trainer.interrupted:  # never record an interrupted run as finished
+        raise TrialError(f"training was interrupted at step {cli.trainer.global_step}")
+    solved = next(c for c in cli.trainer.callbacks if isinstance(c, StepsToSolve))
+    metric = solved.metric or "val/loss"  # no criterion: report the loss
+    final = cli.trainer.callback_metrics.get(metric)
+    if solved.metric is None:
+        status = "no criterion"
+    else:
+        status = "solved" if solved.solved_step is not None else "not solved"
+    return {
+        "status": status,
+        "steps_to_solve": solved.solved_step,
+        "steps": cli.trainer.global_step,
+        "criterion": solved.criterion(),
+        "metric": metric,
+        "final": None if final is None else float(final),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def one_line(error: BaseException) -> str:
+    """The message ``seqmem fit`` would print for ``error``, on one line."""
+    from argparse import ArgumentError
+
+    from seqmem.cli import _config_error
+
+    config_error = _config_error(error)
+    if config_error is not None:
+        return " ".join(str(config_error).split())
+    text = " ".join(str(error).split())
+    return text if isinstance(error, ArgumentError) else f"{type(error).__name__}: {text}"
+
+
+def error_message(error: BaseException) -> str:
+    """One line for a trial's error as the driver receives it (Ray wraps the trial's own exception)."""
+    cause = getattr(error, "cause", None) or error  # RayTaskError keeps the raised exception as .cause
+    if isinstance(cause, TrialError):
+        return str(cause)
+    return one_line(cause)
+
+
+def read_records(run_dir: Path, records: tuple[Record, ...]) -> dict[str, Optional[float]]:
+    """The value of every recorded tag in the run's TensorBoard events (None where never logged)."""
+    scalars = read_scalars(run_dir, [record.tag for record in records])
+    values: dict[str, Optional[float]] = {}
+    for record in records:
+        logged = scalars[record.tag]  # by step
+        values[record.name] = (logged[0] if record.at == "first" else logged[-1])[1] if logged else None
+    return values
+
+
+def read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Append this process's stdout and stderr to ``path`` for the duration.
+
+    File descriptors 1 and 2 are redirected, not ``sys.stdout``: Lightning's logging handlers keep the
+    stream they were built with, and C code writes to the descriptors directly.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
