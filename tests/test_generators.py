@@ -17,6 +17,7 @@ from seqmem.tasks import (
     LMData,
     SyntheticBatches,
     adding_problem,
+    agreement,
     agreement_batch,
     batch_loader,
     copy_memory,
@@ -25,7 +26,7 @@ from seqmem.tasks import (
 from seqmem.tasks.agreement import load_lexicon
 from seqmem.tasks.lm import Windows
 
-LEXICON = Path(load_lexicon.__code__.co_filename).parent / "agreement_lexicon.json"  # the packaged one
+LEXICON = Path(agreement.__file__).parent / "agreement_lexicon.json"  # the packaged one
 
 
 def gen(seed: int = 0) -> torch.Generator:
