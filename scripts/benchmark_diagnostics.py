@@ -25,13 +25,10 @@ import torch
 
 from seqmem.callbacks import Diagnostic, input_sensitivity, timestep_grad_norms
 from seqmem.callbacks.probe import probe_mode
-from seqmem.cli import SeqmemCLI
+from seqmem.cli import SeqmemCLI, run_cli
 from seqmem.models import MODELS
-from seqmem.module import SequenceModel
-from seqmem.tasks import TaskDataModule
 
 OUT = Path(__file__).resolve().parent / "out"
-CONFIGS = Path(__file__).resolve().parents[1] / "seqmem" / "configs"
 
 
 class Stopwatch(L.Callback):
@@ -45,28 +42,21 @@ class Stopwatch(L.Callback):
 
 
 def build(config: str, steps: int, extra: list[str]) -> SeqmemCLI:
-    """The shipped config through the real CLI, shortened and quiet, logging under scripts/out/."""
+    """The shipped config through the real CLI (shared defaults and their diagnostics included),
+    shortened and quiet, logging under scripts/out/."""
     args = [
         "--config",
-        str(CONFIGS / f"{config}.yaml"),
+        config,
         "--trainer.max_steps",
         str(steps),
         *(
             "--trainer.limit_val_batches 0 --trainer.enable_progress_bar false "
-            "--trainer.enable_model_summary false --trainer.default_root_dir"
+            "--trainer.enable_model_summary false --trainer.enable_checkpointing false --trainer.default_root_dir"
         ).split(),
         str(OUT / "benchmark_logs"),
         *extra,
     ]
-    return SeqmemCLI(
-        SequenceModel,
-        TaskDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_callback=None,
-        run=False,
-        args=args,
-    )
+    return run_cli(args, run=False)
 
 
 def timed_fit(config: str, steps: int, diagnostics: bool) -> float:

@@ -136,9 +136,9 @@ def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
     assert cli.model.head.out_features == spec.output_size
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
     # The shared defaults reach every task: the diagnostics, in order, with the guard last.
-    assert [
-        type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem")
-    ] == "GradientNorms ClippingEvents RecurrentSpectrum TimestepGradients InputSensitivity NonFiniteGuard".split()
+    diagnostics = "GradientNorms ClippingEvents RecurrentSpectrum TimestepGradients InputSensitivity JacobianSpectrum"
+    seqmem_callbacks = [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem")]
+    assert seqmem_callbacks == [*diagnostics.split(), "NonFiniteGuard"]
     assert cli.trainer.log_every_n_steps == 10
 
 

@@ -11,13 +11,14 @@ import ray
 import yaml
 from conftest import CONFIGS
 
-from seqmem.cli import main
+from seqmem.cli import main, run_cli
+from seqmem.configs import SWEEP_CONFIGS
 from seqmem.errors import ConfigError
 from seqmem.sweep import Spread, TrialRow, load_sweep, run_sweep, summarise
 from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
-from seqmem.sweep.trial import TrialError, run_trial, train
+from seqmem.sweep.trial import TrialError, fit_args, run_trial, train
 
 # Adding, T = 10, hidden 8: a trial is a second of training; the run folders' names are the grid's.
 TINY = {
@@ -99,6 +100,23 @@ def test_shipped_sweep_parses():
     assert len(sweep.points()) == 18
     cells = {sweep.trial_options(p)["model.cell"] for p in sweep.points()}
     assert cells == {"vanilla", "orthogonal", "irnn", "gru", "lstm"}
+
+
+@pytest.mark.parametrize("name", SWEEP_CONFIGS)
+def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path):
+    # Each label of each axis at least once (the seed axis changes nothing the CLI checks): a wrong option
+    # or a value a cell does not take (model.activation on the LSTM) must fail here, not hours into a sweep.
+    sweep = load_sweep(name)
+    labels = [list(axis.points) for axis in sweep.axes]
+    for i in range(max(map(len, labels))):
+        point = {axis.key: values[i % len(values)] for axis, values in zip(sweep.axes, labels, strict=True)}
+        cli = run_cli(fit_args(sweep, point, tmp_path, gpus=0, resume=None)[1:], run=False)  # [1:]: no "fit"
+        assert cli.trainer.max_steps == sweep.budget
+        for key, value in sweep.trial_options(point).items():
+            group, option = key.split(".", 1) if "." in key else ("", key)
+            if group in ("model", "data") and "." not in option:  # the options the modules keep as hparams
+                hparams = cli.model.hparams if group == "model" else cli.datamodule.hparams
+                assert hparams[option] == value, (name, key)
 
 
 @pytest.mark.parametrize(
