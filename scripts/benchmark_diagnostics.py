@@ -7,7 +7,7 @@
    autograd.grad) vs one training step (fused forward, backward, optimizer step) on the same batch,
    per cell; the forward-sensitivity probe alongside. Target: ≤ 3×.
 
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --steps 200 --repeats 3
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --steps 500 --repeats 3 --cpu-time
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --skip-fit --cpu-time
 
 Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md (probe-only runs:
@@ -32,13 +32,16 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 class Stopwatch(L.Callback):
-    """Wall time of the training loop alone (no setup, no teardown)."""
+    """Time of the training loop alone (no setup, no teardown), on ``clock``."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = self.clock() - self.start
 
 
 def build(config: str, steps: int, extra: list[str]) -> SeqmemCLI:
@@ -59,12 +62,12 @@ def build(config: str, steps: int, extra: list[str]) -> SeqmemCLI:
     return run_cli(args, run=False)
 
 
-def timed_fit(config: str, steps: int, diagnostics: bool) -> float:
+def timed_fit(config: str, steps: int, diagnostics: bool, clock=time.perf_counter) -> float:
     """Seconds of the training loop of one fit, with or without the Diagnostic callbacks."""
     cli = build(config, steps, [])
     if not diagnostics:
         cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not isinstance(c, Diagnostic)]
-    watch = Stopwatch()
+    watch = Stopwatch(clock)
     cli.trainer.callbacks.append(watch)
     cli.trainer.fit(cli.model, cli.datamodule)
     return watch.seconds
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-time",
         action="store_true",
-        help="time probes in process CPU time (unaffected by other load on the machine; use with 1 thread)",
+        help="time fits and probes in process CPU time (little affected by other load; use with 1 thread)",
     )
     args = parser.parse_args()
     # The CLI is driven with explicit args while this script has its own argv; that is intended here.
@@ -127,15 +130,15 @@ def main() -> None:
     lines = []
     if not args.skip_fit:
         on, off = [], []
-        timed_fit(args.config, 20, True)  # warm-up fit: imports, first-use kernel setup
+        timed_fit(args.config, 20, True, clock)  # warm-up fit: imports, first-use kernel setup
         for repeat in range(args.repeats):
-            on.append(timed_fit(args.config, args.steps, True))
-            off.append(timed_fit(args.config, args.steps, False))
+            on.append(timed_fit(args.config, args.steps, True, clock))
+            off.append(timed_fit(args.config, args.steps, False, clock))
             print(f"[fit {repeat + 1}/{args.repeats}] diagnostics on {on[-1]:.2f}s, off {off[-1]:.2f}s", flush=True)
         on_s, off_s = statistics.median(on), statistics.median(off)
         lines += [
             f"## Diagnostics overhead ({args.config}.yaml, {args.steps} steps, median of {args.repeats}, "
-            f"{torch.get_num_threads()} CPU threads)",
+            f"{torch.get_num_threads()} CPU threads, {'CPU' if args.cpu_time else 'wall'} time)",
             "",
             "| run | seconds | ratio to off |",
             "|---|---|---|",
