@@ -35,6 +35,23 @@ from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData
 
 
+def fit_one_step(model: SequenceModel, data, root: Path, *callbacks: L.Callback) -> None:
+    """One quiet optimizer step on the CPU, logging every step to TensorBoard events in ``root``."""
+    trainer = L.Trainer(
+        max_steps=1,
+        log_every_n_steps=1,
+        logger=TensorBoardLogger(str(root), name="", version=""),
+        callbacks=list(callbacks),
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, data)
+    trainer.logger.experiment.flush()
+
+
 def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar tag of the event files under ``log_dir``: {tag: {step: value}}."""
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
@@ -153,21 +170,13 @@ def probed_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Sequence
     before = SequenceModel(data.spec, cell="vanilla", hidden_size=H, num_layers=2)
     before.load_state_dict(model.state_dict())
     lags = (1, 10, 30, 39, 40)
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=TensorBoardLogger(str(root), name="", version=""),
-        callbacks=[
-            TimestepGradients(every_n_steps=1, probe_batch_size=8, lags=lags),
-            InputSensitivity(every_n_steps=1, probe_batch_size=8, projections=500, lags=lags),
-        ],
-        limit_val_batches=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
+    fit_one_step(
+        model,
+        data,
+        root,
+        TimestepGradients(every_n_steps=1, probe_batch_size=8, lags=lags),
+        InputSensitivity(every_n_steps=1, probe_batch_size=8, projections=500, lags=lags),
     )
-    trainer.fit(model, data)
-    trainer.logger.experiment.flush()
     first = next(iter(data.train_dataloader()))
     probe = {key: first[key][:8] for key in ("x", "y")}  # the probe: the first rows of the first training batch
     return scalars(root), before, probe
@@ -365,19 +374,7 @@ def test_gradient_norms_callback_logs_the_gradient_of_each_role(tmp_path: Path):
     L.seed_everything(0, verbose=False)
     data = AddingData(seq_len=5, batch_size=4, train_batches=2, val_batches=1)
     model = SequenceModel(data.spec, cell="lstm", hidden_size=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
-    trainer = L.Trainer(
-        max_steps=1,
-        log_every_n_steps=1,
-        logger=TensorBoardLogger(str(tmp_path), name="", version=""),
-        callbacks=[GradientNorms()],
-        limit_val_batches=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(model, data)
-    trainer.logger.experiment.flush()
+    fit_one_step(model, data, tmp_path, GradientNorms())
     logged = scalars(tmp_path)
     batch = next(iter(data.train_dataloader()))
     model.zero_grad()
