@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from seqmem.callbacks.base import logging_step
 from seqmem.carried_state import CarriedState
 from seqmem.errors import require, require_choice
 from seqmem.metrics import TaskMetrics
@@ -230,11 +231,9 @@ class SequenceModel(L.LightningModule):
     def _log_update(self, loss: Tensor) -> None:
         """train/loss of one chunk update, written at its own global_step on the logging cadence."""
         self.log("train/loss", loss, prog_bar=True, logger=False)
-        step, every = self.global_step, self.trainer.log_every_n_steps
-        # Same cadence as Lightning's automatic loop: update number step + 1 is a multiple of every.
-        if every and (step + 1) % every == 0:
+        if logging_step(self.trainer):  # the cadence of Lightning's automatic loop and of the diagnostics
             for logger in self.loggers:
-                logger.log_metrics({"train/loss": loss.item()}, step=step)
+                logger.log_metrics({"train/loss": loss.item()}, step=self.global_step)
 
     @override
     def on_train_epoch_end(self) -> None:

@@ -82,10 +82,10 @@ def test_orthogonal_cell_defaults_to_tanh_henaff_and_cayley():
 def test_diagnostic_defaults():
     probe = TimestepGradients()
     assert (probe.every_n_steps, probe.probe_batch_size, probe.loss) == (200, 32, "last")
-    assert (probe.lags, probe.threshold, probe.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
+    assert (probe.lags, probe.threshold, probe.heatmap.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
     sensitivity = InputSensitivity()
     assert (sensitivity.probe_batch_size, sensitivity.projections) == (32, 2)
-    assert (sensitivity.lags, sensitivity.threshold, sensitivity.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
+    assert (sensitivity.lags, sensitivity.threshold, sensitivity.heatmap.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
     assert RecurrentSpectrum().every_n_steps == 100
     assert NonFiniteGuard().max_consecutive == 10
 

@@ -6,10 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from matplotlib import colormaps
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -30,6 +32,7 @@ from seqmem.callbacks import (
     spectral_summary,
 )
 from seqmem.callbacks.base import params_with_grad, tensorboard_writer
+from seqmem.callbacks.probe import NormHeatmap
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData
@@ -94,6 +97,21 @@ def test_gradient_horizon_counts_a_ratio_equal_to_the_threshold():
     # 0.5 and 0.25 are exact in binary: ratio 0.5 at lag 1 meets a threshold of 0.5; 0.25 at lag 2 does not.
     assert gradient_horizon(torch.tensor([0.25, 0.5, 1.0]), threshold=0.5).item() == 1
     assert gradient_horizon(torch.tensor([[0.25, 0.5, 1.0], [1.0, 1.0, 0.0]]), threshold=0.25).tolist() == [2, 0]
+
+
+def test_the_heatmap_colours_log_ratios_to_the_max_and_a_kept_figure_shows_only_the_latest_data():
+    heatmap = NormHeatmap(decades=8.0, xlabel="t", ylabel="", quantity="q")
+    first = heatmap.render(torch.tensor([[1.0, 1e-8]]))  # log10 ratios 0 and −8: the two ends of the scale
+    assert first.shape == (156, 560, 3)
+    # The axes span 60..444 px across and 28..116 px down (fixed margins): sample the middle of each column.
+    viridis = colormaps["viridis"]
+    for column, end in ((150, 1.0), (350, 0.0)):
+        expected = torch.tensor(viridis(end)[:3], dtype=torch.float32) * 255
+        assert torch.allclose(torch.tensor(first[72, column], dtype=torch.float32), expected, atol=2)
+    other = heatmap.render(torch.tensor([[1e-8, 1.0]]))
+    assert not np.array_equal(other, first)
+    assert np.array_equal(heatmap.render(torch.tensor([[1.0, 1e-8]])), first)  # nothing of the last draw left
+    assert heatmap.render(torch.ones(2, 5)).shape == (184, 560, 3)  # another shape: a figure of its own
 
 
 def test_the_probe_loss_last_is_the_loss_at_the_final_step_alone():

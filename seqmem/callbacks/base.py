@@ -126,7 +126,8 @@ def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Paramete
 
 def logging_step(trainer: "L.Trainer") -> bool:
     """Whether the optimizer step about to be taken is a logging step: the one rule every per-step
-    diagnostic and the non-finite guard follow (``log_every_n_steps`` 0 logs nothing, as in Lightning)."""
+    diagnostic, the non-finite guard and the truncated-BPTT train/loss follow (``log_every_n_steps`` 0
+    logs nothing, as in Lightning)."""
     n = trainer.log_every_n_steps
     return n > 0 and (trainer.global_step + 1) % n == 0
 

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
-from seqmem.callbacks.probe import CurveProbe, norm_image
+from seqmem.callbacks.probe import CurveProbe, NormHeatmap
 from seqmem.errors import require_choice
 
 ProbeLoss = Literal["last", "task"]
@@ -83,6 +83,7 @@ class TimestepGradients(CurveProbe):
         super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
         require_choice(loss, ProbeLoss, "loss of TimestepGradients")
         self.loss = loss
+        self.heatmap = NormHeatmap(decades, xlabel="time step t", ylabel="layer", quantity="‖dL/dh_t‖")
 
     @override
     def layout(self, pl_module: Diagnosable) -> Layout:
@@ -101,5 +102,4 @@ class TimestepGradients(CurveProbe):
         for layer, curve in enumerate(norms):
             values.update(self.summarise(f"grad_time/layer{layer}", curve))
         write_scalars(writer, values, step)
-        image = norm_image(norms, self.decades, xlabel="time step t", ylabel="layer", quantity="‖dL/dh_t‖")
-        writer.add_image("grad_time/heatmap", image, step, dataformats="HWC")
+        writer.add_image("grad_time/heatmap", self.heatmap.render(norms), step, dataformats="HWC")

@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
-from seqmem.callbacks.probe import CurveProbe, norm_image
+from seqmem.callbacks.probe import CurveProbe, NormHeatmap
 from seqmem.errors import require
 
 
@@ -74,6 +74,7 @@ class InputSensitivity(CurveProbe):
         super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
         require(projections >= 1, f"projections of InputSensitivity must be >= 1, got {projections}")
         self.projections = projections
+        self.heatmap = NormHeatmap(decades, xlabel="input position ℓ", ylabel="", quantity="‖∂h_T/∂x_ℓ‖")
 
     @override
     def layout(self, pl_module: Diagnosable) -> Layout:
@@ -89,5 +90,4 @@ class InputSensitivity(CurveProbe):
     def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
         norms = input_sensitivity(pl_module, x, self.projections).detach()  # (T,)
         write_scalars(writer, self.summarise("sensitivity", norms), step)
-        image = norm_image(norms[None], self.decades, xlabel="input position ℓ", ylabel="", quantity="‖∂h_T/∂x_ℓ‖")
-        writer.add_image("sensitivity/heatmap", image, step, dataformats="HWC")
+        writer.add_image("sensitivity/heatmap", self.heatmap.render(norms[None]), step, dataformats="HWC")
