@@ -2,15 +2,16 @@
 
 1. Training overhead: the same short fit of a shipped config with its diagnostics at the shipped
    intervals vs with them removed (every other callback kept), alternating on/off, median of repeats,
-   per cell (vanilla by default: the cheapest step, so the largest ratio; and the LSTM). A 1,000-step
-   fit holds every probe at its shipped rate (the per-timestep ones at steps 0 and 500, the Jacobian
-   one at 0). Target: ≤ 5 %.
+   per cell (vanilla by default: the cheapest step, so the largest ratio; and the LSTM). A 2,000-step
+   fit holds every probe at its shipped rate (the per-timestep ones at steps 0 and 1,000, the Jacobian
+   one at 0). Reported in-run too: the time inside the diagnostics' hooks over the rest of the same
+   fit, which a machine whose speed drifts between fits cannot blur. Target: ≤ 5 %.
 2. Probe cost: one per-timestep probe (``timestep_grad_norms``, one step-by-step forward and one
    autograd.grad) vs one training step (fused forward, backward, optimizer step) on the same batch,
    per cell; the forward-sensitivity probe alongside. Target: ≤ 3×.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py \
-        --config agreement --steps 1000 --repeats 3 --cpu-time
+        --config agreement --steps 2000 --repeats 3 --cpu-time
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --skip-fit --cpu-time
 
 Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md (probe-only runs:

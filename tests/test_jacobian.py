@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
 from seqmem.callbacks import JacobianSpectrum, TimestepGradients, gradient_horizon, jacobian_spectrum, predicted_horizon
-from seqmem.callbacks.jacobian import initial_frame, layer_trajectories
+from seqmem.callbacks.jacobian import SpectrumPlot, initial_frame, layer_trajectories
 from seqmem.errors import ConfigError
 from seqmem.models import MODELS, RecurrentNet, build_model
 from seqmem.module import SequenceModel
@@ -327,3 +327,18 @@ def test_the_spectrum_history_survives_a_resume(tmp_path: Path) -> None:
     fit(tmp_path, [resumed], 10, ckpt_path=str(checkpoint), cell="gru")
     assert [step for step, _ in resumed.history] == [0, 3, 6, 9]
     assert all(exponents.shape == (2, 2) for _, exponents in resumed.history)
+
+
+def test_the_kept_spectrum_plot_shows_every_probe_so_far_and_rescales_to_them():
+    plot = SpectrumPlot(num_layers=2, k=3, length=50)
+    first = plot.render([0], torch.tensor([[[0.1, -0.2, -0.5], [0.0, -0.1, -0.3]]]))  # (P=1, L=2, k=3)
+    history = torch.tensor([[[0.1, -0.2, -0.5], [0.0, -0.1, -0.3]], [[2.0, -1.0, -4.0], [0.5, -0.4, -0.9]]])
+    image = plot.render([0, 1000], history)  # a later probe with larger exponents
+    assert image.shape == first.shape and not (image == first).all()
+    for layer, (axes, lines) in enumerate(zip(plot.axes, plot.lines, strict=True)):
+        for i, line in enumerate(lines):
+            assert list(line.get_xdata()) == [0, 1000]
+            assert line.get_ydata() == pytest.approx(history[:, layer, i].tolist())
+        low, high = axes.get_ylim()
+        assert low <= -4.0 and high >= 2.0  # the shared y axis grew to the new extremes, kept figure or not
+        assert axes.get_xlim()[0] < 0 < 1000 < axes.get_xlim()[1]
