@@ -45,7 +45,7 @@ def measure(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     with probe_mode(model):
         trajectory = layer_trajectories(model.net, model.embed(x).detach())[0]
         # k = 1: the first column of the QR frame never depends on the others, so λ_1 alone costs one tangent.
-        lambda_1 = lyapunov_exponents(model.net, trajectory, k=1).mean()  # ()
+        lambda_1 = lyapunov_exponents(trajectory, k=1).mean()  # ()
         norms = timestep_grad_norms(model, x, y, loss="last")[0].detach()  # (T,)
     with torch.no_grad():
         block = model.net.recurrent_matrices()[RECURRENT_BLOCK.get(model.hparams.cell, "layer0")]  # (H, H)

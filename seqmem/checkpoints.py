@@ -36,6 +36,7 @@ ARCHITECTURE = (
     "orthogonal_map",
     "irnn_scale",
     "forget_bias",
+    "cell_options",
 )
 
 

@@ -19,8 +19,9 @@ from seqmem.callbacks.base import logging_step
 from seqmem.carried_state import CarriedState
 from seqmem.errors import require, require_choice
 from seqmem.metrics import TaskMetrics
-from seqmem.models import Activation, Cell, OrthogonalInit, OrthogonalMap, State, build_model, detach_state
+from seqmem.models import Activation, OrthogonalInit, OrthogonalMap, State, build_model, detach_state
 from seqmem.tasks.spec import TaskSpec
+from seqmem.views import LossFn, SequenceModelView
 
 # Checkpoints hold the TaskSpec in their hyperparameters; allow it under torch.load(weights_only=True).
 torch.serialization.add_safe_globals([TaskSpec])
@@ -51,7 +52,8 @@ class SequenceModel(L.LightningModule):
     Args:
         task: sizes, loss and baseline of the task — linked from ``--data`` automatically.
         cell: recurrent family: vanilla (tanh), orthogonal (W_h kept orthogonal), irnn (ReLU, W_h = I),
-            gru, lstm.
+            gru, lstm — or the import path of a cell of one's own, ``package.module.Class``: a subclass of
+            seqmem.models.RecurrentNet (the cell protocol), importable (installed, or on PYTHONPATH).
         hidden_size: units per recurrent layer.
         num_layers: stacked recurrent layers.
         dropout: dropout between recurrent layers.
@@ -65,6 +67,7 @@ class SequenceModel(L.LightningModule):
         spectral_radius: vanilla only — rescale the initial W_h to this spectral radius (e.g. 1.5 to make
             gradients explode; None keeps PyTorch's init, radius ≈ 0.58).
         forget_bias: lstm only — initial forget-gate bias (default 1.0; keeps the cell's memory open).
+        cell_options: a cell of one's own only — its further constructor arguments, e.g. ``{"alpha": 0.5}``.
         tbptt_steps: truncated BPTT: cut each batch into chunks of this many steps, carry the hidden state
             across chunk boundaries (detached, so the gradient stops there) and take one optimizer step per
             chunk; ``trainer.global_step`` then counts chunk updates. Readout "all" tasks (copy, lm) take
@@ -91,7 +94,7 @@ class SequenceModel(L.LightningModule):
     def __init__(
         self,
         task: Optional[TaskSpec] = None,
-        cell: Cell = "lstm",
+        cell: str = "lstm",
         hidden_size: int = 128,
         num_layers: int = 1,
         dropout: float = 0.0,
@@ -103,6 +106,7 @@ class SequenceModel(L.LightningModule):
         irnn_scale: Optional[float] = None,
         spectral_radius: Optional[float] = None,
         forget_bias: Optional[float] = None,
+        cell_options: Optional[dict[str, Any]] = None,
         tbptt_steps: Optional[int] = None,
         gradient_clip_val: Optional[float] = None,
         gradient_clip_algorithm: ClipAlgorithm = "norm",
@@ -127,7 +131,7 @@ class SequenceModel(L.LightningModule):
         self.automatic_optimization = tbptt_steps is None
         self.embed = nn.Embedding(task.input_size, embedding_size) if task.input_tokens else nn.Identity()
         net_input = embedding_size if task.input_tokens else task.input_size
-        cell_options = dict(
+        options = dict(
             activation=activation,
             orthogonal_init=orthogonal_init,
             orthogonal_map=orthogonal_map,
@@ -135,7 +139,7 @@ class SequenceModel(L.LightningModule):
             spectral_radius=spectral_radius,
             forget_bias=forget_bias,
         )
-        self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, **cell_options)
+        self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, cell_options, **options)
         self.head = nn.Linear(hidden_size, task.output_size)
         self.carried = CarriedState(enabled=task.stateful)
         self.eval_metrics = nn.ModuleDict({stage: TaskMetrics(task) for stage in ("val", "test")})
@@ -166,6 +170,11 @@ class SequenceModel(L.LightningModule):
             outputs = outputs[:, -1]  # (B, H)
         pred = self.head(outputs)  # (B, [T,] C)
         return pred.squeeze(-1) if self.task.loss == "mse" else pred
+
+    def diagnostic_view(self, loss_fn: Optional[LossFn] = None) -> SequenceModelView:
+        """What the diagnostics read from this model (:mod:`seqmem.views`): the net without a path in the tags,
+        the embedding and head as groups of their own, the first rows of a batch as the probe batch."""
+        return SequenceModelView(self, loss_fn)
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """Mean loss of predictions against targets (MSE or cross-entropy over every target)."""

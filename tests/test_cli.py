@@ -171,7 +171,7 @@ def test_optimizer_from_config_gives_orthogonal_group_its_scale(workdir):
 
 TASKS = "AddingData, AgreementData, CopyData, LMData"
 BAD_INPUT = {
-    "unknown cell": ("--config copy --model.cell transformer".split(), 'key "model.cell"'),
+    "unknown cell": ("--config copy --model.cell transformer".split(), "model.cell must be one of vanilla"),
     "unknown task": ("--config copy --data seqmem.tasks.SortingData".split(), "data must be one of " + TASKS),
     "abstract task base": ("--config copy --data TaskDataModule".split(), "data must be one of " + TASKS),
     "abstract synthetic base": ("--config copy --data SyntheticTask".split(), "is abstract"),

@@ -11,6 +11,7 @@ from seqmem.callbacks import (
     RecurrentSpectrum,
     TimestepGradients,
     gradient_horizon,
+    hidden_grad_norms,
     input_sensitivity,
     timestep_grad_norms,
 )
@@ -81,11 +82,12 @@ def test_orthogonal_cell_defaults_to_tanh_henaff_and_cayley():
 
 def test_diagnostic_defaults():
     probe = TimestepGradients()
-    assert (probe.every_n_steps, probe.probe_batch_size, probe.loss) == (200, 32, "last")
-    assert (probe.lags, probe.threshold, probe.heatmap.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
+    # loss None: the model's own default, "last" for a SequenceModel (next test), the training loss for others.
+    assert (probe.every_n_steps, probe.probe_batch_size, probe.loss) == (200, 32, None)
+    assert (probe.lags, probe.threshold, probe.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
     sensitivity = InputSensitivity()
     assert (sensitivity.probe_batch_size, sensitivity.projections) == (32, 2)
-    assert (sensitivity.lags, sensitivity.threshold, sensitivity.heatmap.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
+    assert (sensitivity.lags, sensitivity.threshold, sensitivity.decades) == ((1, 10, 30, 100), 1e-3, 8.0)
     assert RecurrentSpectrum().every_n_steps == 100
     assert NonFiniteGuard().max_consecutive == 10
 
@@ -98,6 +100,7 @@ def test_function_defaults_are_the_documented_horizon_probe_loss_and_seed():
     batch = copy_memory(3, 4, torch.Generator().manual_seed(0))
     last = timestep_grad_norms(model, batch["x"], batch["y"], "last")
     assert torch.equal(timestep_grad_norms(model, batch["x"], batch["y"]), last)
+    assert torch.equal(hidden_grad_norms(model.diagnostic_view(), batch)[""], last)  # TimestepGradients' loss None
     assert not torch.equal(timestep_grad_norms(model, batch["x"], batch["y"], "task"), last)
     seeded = input_sensitivity(model, batch["x"], projections=2, seed=0)
     assert torch.equal(input_sensitivity(model, batch["x"], projections=2), seeded)

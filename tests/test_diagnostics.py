@@ -33,10 +33,10 @@ from seqmem.callbacks import (
     spectral_summary,
     timestep_grad_norms,
 )
-from seqmem.callbacks.grad_norms import derived_tags
 from seqmem.models import GRU, LSTM, MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData, adding_problem, copy_memory
+from seqmem.views import view_of
 
 LIGHTNING_TAGS = {"train/loss", "epoch", "hp_metric"}
 
@@ -240,9 +240,11 @@ def run_clipping(
     """Feed one known gradient per optimizer step to ClippingEvents and read its events back."""
     param = nn.Parameter(torch.zeros_like(grads[0]))
     optimizer = torch.optim.SGD([param], lr=0.1)
-    module = SimpleNamespace(clip_settings=lambda: (clip, algorithm))
     trainer = stub_trainer(root, log_every)
+    trainer.gradient_clip_val, trainer.gradient_clip_algorithm = clip, algorithm  # a Trainer's clipping
     callback = ClippingEvents()
+    module = nn.Linear(1, 1)  # any model: the clipping in force is the Trainer's
+    callback.setup(trainer, module, "fit")
     for step, grad in enumerate(grads):
         trainer.global_step = step
         param.grad = grad.clone()
@@ -399,7 +401,7 @@ def test_orthogonal_w_h_tag_is_the_gradient_of_the_computed_matrix() -> None:
 
     def backward() -> dict[str, torch.Tensor]:
         model.loss(model(batch["x"])[0], batch["y"]).backward()
-        return gradient_norms(parameter_tags(model), derived_tags(model))
+        return gradient_norms(parameter_tags(model), view_of(model).derived_tags())
 
     # Autograd's own dL/dW_h: with the parametrisation cached, every use of W_h in the forward is one tensor.
     with parametrize.cached():
@@ -435,7 +437,9 @@ def test_orthogonal_w_h_tag_is_unscaled_under_fp16_loss_scaling(tmp_path: Path) 
     (1024.0 * model.loss(model(batch["x"])[0], batch["y"])).backward()
     trainer = stub_trainer(tmp_path, log_every_n_steps=1)
     trainer.precision_plugin = SimpleNamespace(scaler=SimpleNamespace(get_scale=lambda: 1024.0))
-    GradientNorms().on_before_optimizer_step(trainer, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    callback = GradientNorms()
+    callback.setup(trainer, model, "fit")
+    callback.on_before_optimizer_step(trainer, model, torch.optim.SGD(model.parameters(), lr=0.1))
     trainer.loggers[0].experiment.flush()
     (event,) = events(tmp_path).Scalars("grad_norm/layer0/W_h")
     assert event.value == pytest.approx(true_norm, rel=1e-5)
@@ -470,29 +474,3 @@ def test_log_every_n_steps_0_silences_every_per_step_tag_but_not_the_periodic_on
     tags = set(events(tmp_path / "lightning_logs" / "version_0").Tags()["scalars"])
     assert not any(tag.startswith(("grad_norm/", "clip/", "nonfinite/", "train/")) for tag in tags), tags
     assert {"spectral/layer0/f/radius", "grad_time/layer0/horizon", "sensitivity/horizon"} <= tags
-
-
-def test_a_module_without_what_the_diagnostics_read_is_refused_by_name(tmp_path: Path) -> None:
-    class Plain(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(2, 1)  # a net, but none of the rest
-
-        def training_step(self, batch, batch_idx):
-            return self.net(batch["x"][:, -1]).squeeze(-1).sub(batch["y"]).square().mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    trainer = L.Trainer(
-        max_steps=1,
-        callbacks=[GradientNorms()],
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-    )
-    with pytest.raises(TypeError, match="Plain lacks clip_settings, embed, forward_steps, head, loss, task$"):
-        trainer.fit(Plain(), AddingData(seq_len=4, batch_size=2, train_batches=1))

@@ -325,8 +325,8 @@ def test_the_spectrum_history_survives_a_resume(tmp_path: Path) -> None:
     (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
     resumed = JacobianSpectrum(every_n_steps=3, probe_batch_size=4, k=2)
     fit(tmp_path, [resumed], 10, ckpt_path=str(checkpoint), cell="gru")
-    assert [step for step, _ in resumed.history] == [0, 3, 6, 9]
-    assert all(exponents.shape == (2, 2) for _, exponents in resumed.history)
+    assert [step for step, _ in resumed.history[""]] == [0, 3, 6, 9]
+    assert all(exponents.shape == (2, 2) for _, exponents in resumed.history[""])
 
 
 def test_the_kept_spectrum_plot_shows_every_probe_so_far_and_rescales_to_them():

@@ -30,7 +30,7 @@ def test_a_bad_diagnostic_option_names_itself_its_rule_and_the_value(make, messa
 
 def test_diagnostic_options_at_their_bounds_are_accepted():
     probe = TimestepGradients(every_n_steps=1, probe_batch_size=1, lags=(1,), threshold=0.999, decades=0.5)
-    assert (probe.every_n_steps, probe.probe_batch_size, probe.lags, probe.threshold, probe.heatmap.decades) == (
+    assert (probe.every_n_steps, probe.probe_batch_size, probe.lags, probe.threshold, probe.decades) == (
         1,
         1,
         (1,),

@@ -36,6 +36,7 @@ from seqmem.callbacks.probe import NormHeatmap
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData
+from seqmem.views import view_of
 
 
 def fit_one_step(model: SequenceModel, data, root: Path, *callbacks: L.Callback) -> None:
@@ -66,7 +67,7 @@ def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 
 class Probe(CurveProbe):
-    def probe_and_log(self, writer, pl_module, x, y, step):  # never run here
+    def probe_and_log(self, writer, view, batch, step):  # never run here
         raise NotImplementedError
 
 
@@ -291,7 +292,7 @@ def test_recurrent_spectrum_logs_each_gate_block_of_each_layer(tmp_path: Path):
         for layer in range(2):
             model.net.layer_weights(layer)[1].copy_((layer + 1) * torch.cat(list(BLOCKS.values())))  # (3H, H)
     writer = SummaryWriter(str(tmp_path))
-    RecurrentSpectrum(every_n_steps=1).measure(writer, model, step=7)
+    RecurrentSpectrum(every_n_steps=1).measure(writer, view_of(model), step=7)
     writer.flush()
     logged = scalars(tmp_path)
     expected = {
@@ -310,7 +311,7 @@ def test_recurrent_spectrum_of_an_orthogonal_cell_logs_its_distance_from_orthogo
     torch.manual_seed(0)
     model = SequenceModel(CopyData(seq_len=4).spec, cell="orthogonal", hidden_size=4, num_layers=2)
     writer = SummaryWriter(str(tmp_path))
-    RecurrentSpectrum(every_n_steps=1).measure(writer, model, step=0)
+    RecurrentSpectrum(every_n_steps=1).measure(writer, view_of(model), step=0)
     writer.flush()
     logged = scalars(tmp_path)
     for layer in range(2):
@@ -446,13 +447,25 @@ def test_recurrent_matrices_split_w_h_into_its_gate_blocks_in_order(cell):
 # ---- clipping counters ------------------------------------------------------------------------------------------
 
 
+class SelfClipping(nn.Module):
+    """A model that clips its own gradients: ClippingEvents reads the clipping in force from its clip_settings()."""
+
+    def __init__(self, clip: float, algorithm: str):
+        super().__init__()
+        self.settings = (clip, algorithm)
+
+    def clip_settings(self) -> tuple[float, str]:
+        return self.settings
+
+
 def clip_steps(callback: ClippingEvents, grads: list[torch.Tensor], clip: float, algorithm: str, root: Path) -> dict:
     """Feed one known gradient per optimizer step (logging every step); the logged scalars."""
     param = nn.Parameter(torch.zeros_like(grads[0]))
     optimizer = torch.optim.SGD([param], lr=0.1)
-    module = SimpleNamespace(clip_settings=lambda: (clip, algorithm))
+    module = SelfClipping(clip, algorithm)
     logger = TensorBoardLogger(str(root), name="", version="")
     trainer = SimpleNamespace(global_step=0, log_every_n_steps=1, is_global_zero=True, loggers=[logger])
+    callback.setup(trainer, module, "fit")
     for step, grad in enumerate(grads):
         trainer.global_step = step
         param.grad = grad.clone()

@@ -1,5 +1,9 @@
 """What every diagnostic shares: what it reads, where it writes, and on which steps.
 
+What: the model, through its view (:mod:`seqmem.views`): any LightningModule, its recurrent layers found by
+module path, or seqmem's SequenceModel, which provides its own view. Tags name a recurrence by its module path
+(``grad_time/encoder/rnn/layer0/horizon``); SequenceModel's net has none (``grad_time/layer0/horizon``).
+
 When: every diagnostic measures in ``on_before_optimizer_step``. Lightning calls that hook after the
 backward pass, after the DDP all-reduce and after AMP unscaling, and *before* any clipping — its own
 Trainer clipping comes after the hook, and SequenceModel clips in its own ``on_before_optimizer_step``,
@@ -22,36 +26,19 @@ collective operation to a DDP run.
 The diagnostics that run extra passes on a fixed probe batch share :mod:`seqmem.callbacks.probe`.
 """
 
-from typing import Optional, Protocol, runtime_checkable
+import re
+from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
-from typing_extensions import get_protocol_members, override
+from typing_extensions import override
 
 from seqmem.errors import require
-from seqmem.models import RecurrentNet
-from seqmem.tasks.spec import TaskSpec
-
-
-@runtime_checkable
-class Diagnosable(Protocol):
-    """What the diagnostics read from the LightningModule they watch; :class:`~seqmem.module.SequenceModel`
-    provides all of it. Checked once per fit, by the first diagnostic, with an error naming what is missing."""
-
-    net: RecurrentNet  # layers, their parameters by role, W_h, the step-by-step path
-    embed: nn.Module  # token ids -> vectors (nn.Identity for continuous inputs)
-    head: nn.Module
-    task: TaskSpec
-
-    def forward_steps(self, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]: ...
-
-    def loss(self, pred: Tensor, y: Tensor) -> Tensor: ...
-
-    def clip_settings(self) -> tuple[Optional[float], Optional[str]]: ...
+from seqmem.views import ModuleView, view_of
 
 
 def check_unscaled_gradients(trainer: "L.Trainer") -> None:
@@ -73,18 +60,13 @@ def check_unscaled_gradients(trainer: "L.Trainer") -> None:
         )
 
 
-def check_diagnosable(pl_module: "L.LightningModule") -> None:
-    """Raise a TypeError naming every member of :class:`Diagnosable` that ``pl_module`` lacks."""
-    missing = sorted(name for name in get_protocol_members(Diagnosable) if not hasattr(pl_module, name))
-    if missing:
-        raise TypeError(
-            f"seqmem diagnostics need a LightningModule like seqmem.module.SequenceModel; "
-            f"{type(pl_module).__name__} lacks {', '.join(missing)}"
-        )
-
-
 # Custom-scalars layout: {category: {chart title: ["Multiline", [tag regex, ...]]}}.
 Layout = dict[str, dict[str, list]]
+
+
+def escaped(prefix: str) -> str:
+    """A tag prefix (a module path) as a literal piece of a chart's regex."""
+    return re.escape(prefix)
 
 
 def chart(*tags: str) -> list:
@@ -133,23 +115,40 @@ def logging_step(trainer: "L.Trainer") -> bool:
 
 
 class Diagnostic(L.Callback):
-    """Base class of the diagnostics: contributes charts to the one custom-scalars layout.
+    """Base class of the diagnostics: reads the model through its view and contributes charts to the one
+    custom-scalars layout.
 
-    The first ``Diagnostic`` in ``trainer.callbacks`` checks the module against :class:`Diagnosable` and
-    writes the merged layout of all of them once at fit start, so ``tensorboard --logdir lightning_logs``
-    opens organised by diagnostic and layer.
+    At setup each diagnostic takes the model's view (:func:`seqmem.views.view_of`: any LightningModule) and
+    refuses, in one line, a model it cannot measure (:meth:`check`). The first ``Diagnostic`` in
+    ``trainer.callbacks`` writes the merged layout of all of them once at fit start, so
+    ``tensorboard --logdir lightning_logs`` opens organised by diagnostic and layer.
     """
 
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    view: Optional[ModuleView] = None
+
+    def make_view(self, pl_module: "L.LightningModule") -> ModuleView:
+        """The view this diagnostic reads ``pl_module`` through."""
+        return view_of(pl_module)
+
+    def check(self, view: ModuleView) -> None:
+        """Raise a one-line ConfigError for a model this diagnostic cannot measure; every model passes by default."""
+
+    def layout(self, view: ModuleView) -> Layout:
         """Charts of this diagnostic: {category: {title: ["Multiline", [tag regex, ...]]}}."""
         return {}
+
+    @override
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        # Before any hook of the fit runs (and before the first checkpoint or event is written).
+        if stage == "fit":
+            self.view = self.make_view(pl_module)
+            self.check(self.view)
 
     @override
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         diagnostics = [c for c in trainer.callbacks if isinstance(c, Diagnostic)]
         if diagnostics[0] is not self:
             return
-        check_diagnosable(pl_module)
         check_unscaled_gradients(trainer)
         if not trainer.is_global_zero:
             return
@@ -159,12 +158,20 @@ class Diagnostic(L.Callback):
             return
         layout: Layout = {}
         for diagnostic in diagnostics:
-            for category, charts in diagnostic.layout(pl_module).items():
+            for category, charts in diagnostic.layout(diagnostic.view).items():
                 layout.setdefault(category, {}).update(charts)
         writer.add_custom_scalars(layout)
 
 
-class PeriodicDiagnostic(Diagnostic):
+class RecurrentDiagnostic(Diagnostic):
+    """A diagnostic of the recurrent layers: refuses a model that holds none (naming what it found)."""
+
+    @override
+    def check(self, view: ModuleView) -> None:
+        view.require_recurrent(type(self).__name__)
+
+
+class PeriodicDiagnostic(RecurrentDiagnostic):
     """A diagnostic too dear for every step: it measures on optimizer steps 0, N, 2N, ... (rank 0 only).
 
     Subclasses implement :meth:`measure`.
@@ -184,8 +191,8 @@ class PeriodicDiagnostic(Diagnostic):
     ) -> None:
         writer = tensorboard_writer(trainer)
         if writer is not None and trainer.global_step % self.every_n_steps == 0:
-            self.measure(writer, pl_module, trainer.global_step)
+            self.measure(writer, self.view, trainer.global_step)
 
-    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
-        """Measure the module and write the tags at ``step``."""
+    def measure(self, writer: SummaryWriter, view: ModuleView, step: int) -> None:
+        """Measure the model through its view and write the tags at ``step``."""
         raise NotImplementedError

@@ -2,8 +2,10 @@
 
 Counted on *every* optimizer step, in device tensors (no host sync), and read only on logging steps.
 Measured on the pre-clip gradient (see :mod:`seqmem.callbacks.base`), so ``clip/pre_norm`` is what
-clipping saw. The clip value and algorithm come from ``pl_module.clip_settings()``; with no clipping
-nothing is logged. The gradients are identical on every rank: global rank 0 alone counts and logs.
+clipping saw. The clip value and algorithm come from the model's ``clip_settings()`` where it has one
+(SequenceModel: ``model.gradient_clip_val`` or the Trainer's), else from the Trainer's ``gradient_clip_val``;
+with no clipping nothing is logged. Works on any model. The gradients are identical on every rank: global
+rank 0 alone counts and logs.
 """
 
 from typing import Any, Optional
@@ -14,7 +16,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from seqmem.callbacks.base import (
-    Diagnosable,
     Diagnostic,
     Layout,
     chart,
@@ -24,6 +25,7 @@ from seqmem.callbacks.base import (
     total_norm,
     write_scalars,
 )
+from seqmem.views import ModuleView
 
 
 class ClippingEvents(Diagnostic):
@@ -45,7 +47,7 @@ class ClippingEvents(Diagnostic):
         self.clipped_entries: Optional[Tensor] = None  # ()
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def layout(self, view: ModuleView) -> Layout:
         return {
             "clip": {
                 "norm before / after clipping": chart(r"clip/(pre|post)_norm"),
@@ -59,7 +61,7 @@ class ClippingEvents(Diagnostic):
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
-        clip, algorithm = pl_module.clip_settings()
+        clip, algorithm = self.view.clip_settings(trainer)
         writer = tensorboard_writer(trainer)
         grads = [p.grad for p in params_with_grad(optimizer)]
         if clip is None or writer is None or not grads:

@@ -1,4 +1,4 @@
-"""Gradient norms per layer and per parameter role, plus the total, before clipping.
+"""Gradient norms per layer and per parameter role, plus the total, before clipping — on any model.
 
 Measured on the averaged, unscaled, pre-clip gradient (see :mod:`seqmem.callbacks.base`), identical on
 every rank, so rank 0 alone logs them. ``grad_norm/total`` is the L2 norm of the gradients of every
@@ -13,50 +13,21 @@ from typing import Optional
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import (
-    Diagnosable,
-    Diagnostic,
-    Layout,
-    chart,
-    logging_step,
-    tensorboard_writer,
-    write_scalars,
-)
+from seqmem.callbacks.base import Diagnostic, Layout, chart, escaped, logging_step, tensorboard_writer, write_scalars
+from seqmem.views import ModuleView, view_of
 
 
-def parameter_tags(pl_module: Diagnosable) -> dict[str, nn.Parameter]:
-    """``grad_norm/<group>/<role>`` of every trainable parameter.
+def parameter_tags(pl_module: nn.Module) -> dict[str, nn.Parameter]:
+    """``grad_norm/<tag>`` of every trainable parameter of any model, as :class:`GradientNorms` names them.
 
-    Recurrent layers use their roles from ``net.layer_parameters`` (W_in, W_h, b_in, b_h, ...); the
-    embedding and head are groups of their own; anything else keeps its module path, so that the
-    per-tag norms always add up (in quadrature) to the total.
+    Recurrent layers use their roles (``grad_norm/<path>/layer<l>/W_in``, W_h, b_in, b_h, ...; SequenceModel's net
+    without the path), SequenceModel's embedding and head are groups of their own, and anything else keeps its
+    module path, so that the per-tag norms always add up (in quadrature) to the total.
     """
-    tags: dict[str, nn.Parameter] = {}
-    net = pl_module.net
-    for layer in range(net.num_layers):
-        for role, param in net.layer_parameters(layer).items():
-            tags[f"grad_norm/layer{layer}/{role}"] = param
-    for group in ("embed", "head"):
-        for name, param in getattr(pl_module, group).named_parameters():
-            tags[f"grad_norm/{'embedding' if group == 'embed' else group}/{name}"] = param
-    seen = {id(p) for p in tags.values()}
-    for name, param in pl_module.named_parameters():
-        if id(param) not in seen:
-            tags[f"grad_norm/{name.replace('.', '/')}"] = param
-    return {tag: p for tag, p in tags.items() if p.requires_grad}
-
-
-def derived_tags(pl_module: Diagnosable) -> dict[str, Tensor]:
-    """``grad_norm/layer<l>/<role>`` of the gradients of tensors computed from parameters (the orthogonal
-    cell's W_h), from ``net.derived_gradients``."""
-    net = pl_module.net
-    return {
-        f"grad_norm/layer{layer}/{role}": grad
-        for layer in range(net.num_layers)
-        for role, grad in net.derived_gradients(layer).items()
-    }
+    return view_of(pl_module).parameter_tags()
 
 
 def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
@@ -71,7 +42,7 @@ def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, 
 
 
 class GradientNorms(Diagnostic):
-    """Logs ``grad_norm/total`` and ``grad_norm/<layer>/<param>`` every ``log_every_n_steps`` steps.
+    """Logs ``grad_norm/total`` and ``grad_norm/<layer>/<param>`` every ``log_every_n_steps`` steps, on any model.
 
     Norms are computed only on those steps (one batched ``torch._foreach_norm``), so steps that log
     nothing pay nothing. Logged by global rank 0 only: after the all-reduce the gradients are the
@@ -79,11 +50,14 @@ class GradientNorms(Diagnostic):
     """
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def layout(self, view: ModuleView) -> Layout:
         charts = {"total": chart("grad_norm/total")}
-        for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer}"] = chart(rf"grad_norm/layer{layer}/.*")
-        charts["embedding and head"] = chart(r"grad_norm/(embedding|head)/.*")
+        for prefix, recurrence in view.recurrences.items():
+            for name in recurrence.layer_names():
+                charts[f"{prefix}{name}"] = chart(rf"grad_norm/{escaped(prefix + name)}/.*")
+        for title, tags in view.parameter_charts().items():
+            if tags:
+                charts[title] = chart(*map(escaped, tags))
         return {"grad_norm": charts}
 
     @override
@@ -93,9 +67,20 @@ class GradientNorms(Diagnostic):
         writer = tensorboard_writer(trainer)
         if writer is None or not logging_step(trainer):
             return
-        derived = derived_tags(pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if derived and scaler is not None:
-            # fp16 AMP: the hooks saw the loss-scaled gradient, the parameters' has been unscaled since.
-            derived = {tag: grad / scaler.get_scale() for tag, grad in derived.items()}
-        write_scalars(writer, gradient_norms(parameter_tags(pl_module), derived), trainer.global_step)
+        self.measure(writer, self.view, trainer.global_step, None if scaler is None else scaler.get_scale())
+
+    def measure(self, writer: SummaryWriter, view: ModuleView, step: int, loss_scale: Optional[float] = None) -> None:
+        """Write the norms of the gradients the parameters hold now (after backward, before clipping) at ``step``.
+
+        Args:
+            writer: where to write.
+            view: the model's view.
+            step: the x-axis value.
+            loss_scale: fp16 AMP's scale, by which tensor hooks saw the derived gradients (the parameters' own
+                are unscaled by then); None without it.
+        """
+        derived = view.derived_tags()
+        if derived and loss_scale is not None:
+            derived = {tag: grad / loss_scale for tag, grad in derived.items()}
+        write_scalars(writer, gradient_norms(view.parameter_tags(), derived), step)

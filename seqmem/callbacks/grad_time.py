@@ -2,104 +2,139 @@
 
 dL/dh_k = dL/dh_T · Π_{t=k+1..T} J_t: its norm shrinks or grows geometrically with the lag T − k.
 A fused kernel never exposes it (the gradient on ``output[t]`` is only the readout's share), so the
-probe runs the model's step-by-step path and takes *one* ``torch.autograd.grad`` with respect to
+probe runs the model with its recurrent layers on their step-by-step path (:mod:`seqmem.views`) and takes
+*one* ``torch.autograd.grad`` with respect to
 every h_t tensor it produced (non-leaf tensors: autograd returns the total derivative, recurrence
 included): the full dL/dh_t of every layer and step, with the training gradients in ``.grad`` left
 untouched (no ``.backward()``, and no parameter among the inputs, so no weight gradient is computed).
 """
 
-from typing import Literal
+from typing import Any, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
-from seqmem.callbacks.probe import CurveProbe, NormHeatmap
+from seqmem.callbacks.base import Layout, chart, escaped, write_scalars
+from seqmem.callbacks.probe import CurveProbe
 from seqmem.errors import require_choice
-
-ProbeLoss = Literal["last", "task"]
-
-
-def probe_loss(pl_module: Diagnosable, pred: Tensor, y: Tensor, loss: ProbeLoss) -> Tensor:
-    """The probe's loss: "task" is the training loss; "last" the final-step loss L_T alone.
-
-    For tasks read out at the last step only, the two coincide; for readout "all" tasks (copy, lm)
-    "last" keeps only the loss at the final step, so every dL/dh_t with t < T comes through the
-    recurrence — the classic vanishing-gradient picture.
-    """
-    if loss == "last" and pl_module.task.readout == "all":
-        pred, y = pred[:, -1], y[:, -1]  # (B, C), (B,)
-    return pl_module.loss(pred, y)
+from seqmem.views import LossFn, ModuleView, ProbeLoss, SequenceModelView
 
 
-def timestep_grad_norms(pl_module: Diagnosable, x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
-    """‖dL/dh_t‖ of every layer and step, the norm taken over the batch and hidden units.
+def hidden_grad_norms(view: ModuleView, batch: Any, loss: Optional[ProbeLoss] = None) -> dict[str, Tensor]:
+    """‖dL/dh_t‖ of every layer and step of every recurrence of a model, the norm over the batch and hidden units.
 
     Args:
-        pl_module: a SequenceModel (``forward_steps``, ``loss``, ``task``).
+        view: the model's view (:func:`seqmem.views.view_of`).
+        batch: a batch as the model's loss takes it.
+        loss: SequenceModel's probe loss, "last" (the final-step loss L_T, the default) or "task"; other models
+            differentiate their own loss (see :class:`~seqmem.views.ModuleView`).
+
+    Returns:
+        {tag prefix: (L, T) norms}, layers in the recurrence's order (``layer_names``), steps in each layer's own
+        order; a recurrence the loss never ran is left out.
+    """
+    value, runs = view.runs(batch, loss)
+    hiddens = {prefix: [layer.hiddens for layer in layers] for prefix, (layers, _) in runs.items()}
+    steps = [h for layers in hiddens.values() for hs in layers for h in hs]  # every h_t, (B, H) each
+    grads = torch.autograd.grad(value, steps, allow_unused=True)  # no parameter among the inputs: .grad untouched
+    grads = [torch.zeros_like(h) if g is None else g for g, h in zip(grads, steps, strict=True)]
+    # One batched kernel for all the norms rather than one reduction per step.
+    norms = torch.stack(torch._foreach_norm(grads))  # (ΣL*T,)
+    curves, start = {}, 0
+    for prefix, layers in hiddens.items():
+        count = sum(len(hs) for hs in layers)
+        curves[prefix] = norms[start : start + count].view(len(layers), -1)  # (L, T)
+        start += count
+    return curves
+
+
+def timestep_grad_norms(model: Any, x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
+    """‖dL/dh_t‖ (L, T) of a SequenceModel on one batch: :func:`hidden_grad_norms` of its net.
+
+    Args:
+        model: a SequenceModel.
         x: (B, T) token ids or (B, T, I) features.
         y: targets as in a training batch.
         loss: "last" (final-step loss L_T) or "task" (the training loss).
-
-    Returns:
-        (L, T) norms.
     """
-    pred, hiddens = pl_module.forward_steps(x)
-    steps = [h for layer in hiddens for h in layer]  # L*T tensors (B, H), layer-major
-    grads = torch.autograd.grad(probe_loss(pl_module, pred, y, loss), steps)  # L*T × (B, H)
-    # One batched kernel for all L*T norms rather than L*T separate reductions.
-    return torch.stack(torch._foreach_norm(grads)).view(len(hiddens), -1)  # (L, T)
+    return hidden_grad_norms(SequenceModelView(model), {"x": x, "y": y}, loss)[""]
 
 
 class TimestepGradients(CurveProbe):
-    """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps: ``grad_time/heatmap`` (a figure: one row
-    per layer, time step t left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0, with axes,
-    colour bar and the max in the title),
-    ``grad_time/layer<l>/final`` (‖dL/dh_T‖), ``grad_time/layer<l>/ratio_lag<k>``
-    (‖dL/dh_{T−k}‖ / ‖dL/dh_T‖) and ``grad_time/layer<l>/horizon`` (the gradient horizon).
+    """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps, for every recurrent layer of the model:
+    ``grad_time/<layer>/final`` (‖dL/dh_T‖), ``grad_time/<layer>/ratio_lag<k>`` (‖dL/dh_{T−k}‖ / ‖dL/dh_T‖),
+    ``grad_time/<layer>/horizon`` (the gradient horizon), and per recurrence the figure ``grad_time/heatmap``
+    (one row per layer, time step t left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0, with
+    axes, colour bar and the max in the title). ``<layer>`` is ``layer<l>`` for SequenceModel and
+    ``<module path>/layer<l>[_reverse]`` for any other model; a reverse direction's steps run from the last
+    position back, and a cell called in the model's loop counts each call as one step.
 
     Rank-local: rank 0 probes its own probe batch; nothing is reduced across ranks.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
-        probe_batch_size: rows of the first training batch kept as the probe batch.
-        loss: "last" — the final-step loss L_T (the classic figure) — or "task", the training loss.
+        probe_batch_size: rows of the first training batch kept as the probe batch (SequenceModel; any other
+            model keeps the whole batch).
+        loss: SequenceModel only: "last" — the final-step loss L_T (the classic figure; the default) — or
+            "task", the training loss. Other models differentiate their own loss (``loss_fn``, their
+            ``probe_loss``, or their training_step's).
         lags: lags k at which the ratio ‖dL/dh_{T−k}‖ / ‖dL/dh_T‖ is logged (those < T).
         threshold: the gradient horizon is the largest lag whose ratio is at least this.
         decades: orders of magnitude spanned by the heatmap's colour scale.
+        loss_fn: the probe's loss, ``(module, batch) -> scalar``, in place of the module's own.
     """
+
+    heatmap_labels = ("time step t", "layer", "‖dL/dh_t‖")
 
     def __init__(
         self,
         every_n_steps: int = 200,
         probe_batch_size: int = 32,
-        loss: ProbeLoss = "last",
+        loss: Optional[ProbeLoss] = None,
         lags: tuple[int, ...] = (1, 10, 30, 100),
         threshold: float = 1e-3,
         decades: float = 8.0,
+        loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
-        require_choice(loss, ProbeLoss, "loss of TimestepGradients")
+        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades, loss_fn)
+        if loss is not None:
+            require_choice(loss, ProbeLoss, "loss of TimestepGradients")
         self.loss = loss
-        self.heatmap = NormHeatmap(decades, xlabel="time step t", ylabel="layer", quantity="‖dL/dh_t‖")
+        self._unreached: set[str] = set()  # recurrences the probe loss did not run, warned about once
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def check(self, view: ModuleView) -> None:
+        view.require_recurrent(type(self).__name__)
+        view.require_probe_loss(type(self).__name__, self.loss)
+
+    @override
+    def layout(self, view: ModuleView) -> Layout:
         charts = {
-            "gradient horizon": chart(r"grad_time/layer\d+/horizon"),
-            "final-step gradient": chart(r"grad_time/layer\d+/final"),
+            "gradient horizon": chart(r"grad_time/(.+/)?layer\d+(_reverse)?/horizon"),
+            "final-step gradient": chart(r"grad_time/(.+/)?layer\d+(_reverse)?/final"),
         }
-        for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer} ratio at lags"] = chart(rf"grad_time/layer{layer}/ratio_lag\d+")
+        for prefix, recurrence in view.recurrences.items():
+            for name in recurrence.layer_names():
+                charts[f"{prefix}{name} ratio at lags"] = chart(rf"grad_time/{escaped(prefix + name)}/ratio_lag\d+")
         return {"grad_time": charts}
 
     @override
-    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
-        norms = timestep_grad_norms(pl_module, x, y, self.loss).detach()  # (L, T)
+    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
+        curves = {prefix: norms.detach() for prefix, norms in hidden_grad_norms(view, batch, self.loss).items()}
+        self._warn_unreached(view, curves)
         values = {}
-        for layer, curve in enumerate(norms):
-            values.update(self.summarise(f"grad_time/layer{layer}", curve))
+        for prefix, norms in curves.items():  # (L, T)
+            for name, curve in zip(view.recurrences[prefix].layer_names(), norms, strict=True):
+                values.update(self.summarise(f"grad_time/{prefix}{name}", curve))
         write_scalars(writer, values, step)
-        writer.add_image("grad_time/heatmap", self.heatmap.render(norms), step, dataformats="HWC")
+        for prefix, norms in curves.items():
+            writer.add_image(f"grad_time/{prefix}heatmap", self.heatmap(prefix, norms), step, dataformats="HWC")
+
+    def _warn_unreached(self, view: ModuleView, curves: dict[str, Tensor]) -> None:
+        for prefix in set(view.recurrences) - set(curves) - self._unreached:
+            self._unreached.add(prefix)
+            where = prefix.rstrip("/") or "the model"
+            rank_zero_warn(f"{type(self).__name__}: the probe's loss never ran {where}; it is not probed")

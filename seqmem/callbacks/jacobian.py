@@ -18,7 +18,7 @@ the training gradients in ``.grad`` are untouched.
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -33,75 +33,62 @@ from torch.func import jvp, vjp, vmap
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
+from seqmem.callbacks.base import Layout, chart, escaped, write_scalars
 from seqmem.callbacks.probe import ProbeDiagnostic
 from seqmem.errors import require
 from seqmem.models import RecurrentNet
-
-
-class LayerTrajectory(NamedTuple):
-    """One layer's run over the probe batch: everything its step Jacobians depend on.
-
-    Attributes:
-        weights: the layer's step weights (``layer_weights``), detached.
-        x_proj: (B, T, gates·H) projected inputs W_in x_t + b_in, held fixed when differentiating.
-        states: s_0 … s_T, each a tuple of ``state_size`` (B, H) tensors (h, or h and c).
-    """
-
-    weights: tuple[Tensor, ...]
-    x_proj: Tensor
-    states: list[tuple[Tensor, ...]]
+from seqmem.models.steps import LayerTrajectory
+from seqmem.views import LossFn, ModuleView
 
 
 def layer_trajectories(net: RecurrentNet, x: Tensor) -> list[LayerTrajectory]:
-    """Run the step-by-step path once, without autograd, keeping every layer's full state at every step.
+    """Run a seqmem cell's step-by-step path once, without autograd, keeping every layer's full state at every step.
 
-    Like ``RecurrentNet.forward_steps`` (both run ``RecurrentNet.layer_steps``) but keeping the whole state
-    (the LSTM's c too), from a zero initial state, with no dropout between layers (the network a probe
-    measures, as ``probe_mode`` sets).
+    The same run as ``RecurrentNet.forward_steps`` (both are ``RecurrentNet.layer_runs``) but keeping the whole
+    state (the LSTM's c too), from a zero initial state, cut from autograd.
 
     Args:
-        net: the recurrent network.
+        net: the recurrent network (in eval mode: no dropout between layers, the network a probe measures).
         x: (B, T, input_size) inputs (already embedded for token tasks).
 
     Returns:
-        One :class:`LayerTrajectory` per layer, bottom first.
+        One :class:`~seqmem.models.steps.LayerTrajectory` per layer, bottom first.
     """
-    layer_input = x  # (B, T, I)
-    trajectories = []
     with torch.no_grad():
-        for layer in range(net.num_layers):
-            weights = tuple(w.detach() for w in net.layer_weights(layer))
-            x_proj = net.project_input(weights, layer_input)  # (B, T, gates*H)
-            zeros = tuple(x.new_zeros(x.shape[0], net.hidden_size) for _ in range(net.state_size))  # s_0
-            states = net.layer_steps(weights, x_proj, zeros)
-            trajectories.append(LayerTrajectory(weights, x_proj, states))
-            layer_input = torch.stack([s[0] for s in states[1:]], dim=1)  # (B, T, H)
-    return trajectories
+        return [run.detached() for run in net.layer_runs(x)[2]]
 
 
-def joint_step(net: RecurrentNet, weights: tuple[Tensor, ...], x_proj: Tensor, state: Tensor) -> Tensor:
-    """``net.step`` on the flattened joint state: (N, D) -> (N, D), D = state_size·H, (h, c) for the LSTM."""
-    parts = state.chunk(net.state_size, dim=-1)  # state_size × (N, H)
-    return torch.cat(net.step(weights, x_proj, parts), dim=-1)  # (N, D)
+def state_dims(trajectory: LayerTrajectory) -> tuple[int, ...]:
+    """The sizes of the parts of the layer's state: (H,), (H, H) for the LSTM's (h, c), (P, H) with proj_size."""
+    return tuple(part.shape[-1] for part in trajectory.states[0])
 
 
-def tangent_map(
-    net: RecurrentNet, weights: tuple[Tensor, ...], x_proj: Tensor, state: Tensor
-) -> Callable[[Tensor], Tensor]:
-    """v ↦ J v, J = ∂s_t/∂s_{t−1} of every row at ``state`` (N, D), with ``x_proj`` and the weights held fixed.
+def joint_step(trajectory: LayerTrajectory, weights: tuple[Tensor, ...], x_proj: Tensor, state: Tensor) -> Tensor:
+    """The layer's step on the flattened joint state: (N, D) -> (N, D), D = Σ state_dims, (h, c) for the LSTM."""
+    parts = state.split(state_dims(trajectory), dim=-1)  # (N, H) [, (N, H)]
+    return torch.cat(trajectory.step(weights, x_proj, parts), dim=-1)  # (N, D)
+
+
+def tangent_map(trajectory: LayerTrajectory, x_proj: Tensor, state: Tensor) -> Callable[[Tensor], Tensor]:
+    """v ↦ J v, J = ∂s_t/∂s_{t−1} of every row at ``state`` (N, D), with ``x_proj`` and the layer's weights held
+    fixed.
 
     The fixed inputs enter as primals with explicit zero tangents: closed over as constants, forward AD would
     give them ZeroTensor tangents, whose arithmetic takes a slow Python path in torch 2.13 (≈0.7 ms per op
     on CPU, most of the probe's time at small H); real zeros cost one cheap op each.
     """
-    fixed = (x_proj, *weights)
-    zeros = tuple(torch.zeros_like(f) for f in fixed)
+    fixed = [x_proj, *trajectory.weights]
+    given = [i for i, f in enumerate(fixed) if f is not None]  # a cell may have no tensor in a weight's place
+    zeros = tuple(torch.zeros_like(fixed[i]) for i in given)
 
-    def step(s: Tensor, x: Tensor, *w: Tensor) -> Tensor:
-        return joint_step(net, w, x, s)  # (N, D)
+    def step(s: Tensor, *tensors: Tensor) -> Tensor:
+        inputs = list(fixed)
+        for i, tensor in zip(given, tensors, strict=True):
+            inputs[i] = tensor
+        return joint_step(trajectory, tuple(inputs[1:]), inputs[0], s)  # (N, D)
 
-    return lambda v: jvp(step, (state, *fixed), (v, *zeros))[1]  # (N, D)
+    primals = tuple(fixed[i] for i in given)
+    return lambda v: jvp(step, (state, *primals), (v, *zeros))[1]  # (N, D)
 
 
 def initial_frame(dim: int, k: int, seed: int, like: Tensor) -> Tensor:
@@ -131,16 +118,15 @@ def push_frame(push: Callable[[Tensor], Tensor], frame: Tensor) -> Tensor:
     return vmap(push, in_dims=2, out_dims=2)(frame)  # (B, D, k)
 
 
-def lyapunov_exponents(net: RecurrentNet, trajectory: LayerTrajectory, k: int, seed: int = 0) -> Tensor:
+def lyapunov_exponents(trajectory: LayerTrajectory, k: int, seed: int = 0) -> Tensor:
     """Finite-time Lyapunov exponents of one layer along its trajectory, per sequence (Benettin's QR method).
 
     Q_0 = :func:`initial_frame`; for t = 1..T: J_t Q_{t−1} = Q_t R_t (reduced QR); λ_i = (1/T) Σ_t ln|R_t[i, i]|.
     A zero |R_t[i, i]| (a direction the step annihilates) is floored at the dtype's smallest normal number.
 
     Args:
-        net: the network the trajectory came from.
-        trajectory: the layer's :class:`LayerTrajectory`.
-        k: number of exponents (capped at D = state_size·H).
+        trajectory: the layer's run (cut from autograd).
+        k: number of exponents (capped at the joint state's dimension D).
         seed: seed of Q_0.
 
     Returns:
@@ -148,13 +134,13 @@ def lyapunov_exponents(net: RecurrentNet, trajectory: LayerTrajectory, k: int, s
     """
     x_proj = trajectory.x_proj  # (B, T, gates*H)
     batch, length = x_proj.shape[:2]
-    dim = net.state_size * net.hidden_size
+    dim = sum(state_dims(trajectory))
     frame = initial_frame(dim, min(k, dim), seed, x_proj).expand(batch, -1, -1)  # (B, D, k)
     log_growth = x_proj.new_zeros(batch, frame.shape[-1])  # (B, k)
     tiny = torch.finfo(x_proj.dtype).tiny
     for t in range(length):
         state = torch.cat(trajectory.states[t], dim=-1)  # (B, D) s_{t−1}
-        pushed = push_frame(tangent_map(net, trajectory.weights, x_proj[:, t], state), frame)  # (B, D, k) J_t Q_{t−1}
+        pushed = push_frame(tangent_map(trajectory, x_proj[:, t], state), frame)  # (B, D, k) J_t Q_{t−1}
         frame, r = torch.linalg.qr(pushed)  # (B, D, k), (B, k, k)
         log_growth += r.diagonal(dim1=-2, dim2=-1).abs().clamp_min(tiny).log()  # (B, k)
     return log_growth / length  # (B, k)
@@ -165,7 +151,7 @@ def _unit(v: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)  # (N, D)
 
 
-def jacobian_sigma_max(net: RecurrentNet, trajectory: LayerTrajectory, iterations: int, seed: int = 0) -> Tensor:
+def jacobian_sigma_max(trajectory: LayerTrajectory, iterations: int, seed: int = 0) -> Tensor:
     """σ_max(J_t) of one layer at every step and sequence, by power iteration on J_tᵀ J_t.
 
     The step acts row by row, so the T steps stacked along the batch form one map whose Jacobian is
@@ -173,8 +159,7 @@ def jacobian_sigma_max(net: RecurrentNet, trajectory: LayerTrajectory, iteration
     Each iteration is one jvp and one vjp; the estimate ‖J_t v‖ never exceeds σ_max(J_t).
 
     Args:
-        net: the network the trajectory came from.
-        trajectory: the layer's :class:`LayerTrajectory`.
+        trajectory: the layer's run (cut from autograd).
         iterations: power iterations (each v ← J_tᵀ J_t v / ‖·‖).
         seed: seed of the random start vectors (own generator).
 
@@ -186,8 +171,8 @@ def jacobian_sigma_max(net: RecurrentNet, trajectory: LayerTrajectory, iteration
     inputs = x_proj.transpose(0, 1).reshape(length * batch, -1)  # (T*B, gates*H), time-major
     states = torch.stack([torch.cat(s, dim=-1) for s in trajectory.states[:-1]])  # (T, B, D) s_0..s_{T−1}
     states = states.view(length * batch, -1)  # (T*B, D)
-    push = tangent_map(net, trajectory.weights, inputs, states)  # v ↦ J_t v of every row
-    _, pull = vjp(lambda s: joint_step(net, trajectory.weights, inputs, s), states)  # u ↦ J_tᵀ u of every row
+    push = tangent_map(trajectory, inputs, states)  # v ↦ J_t v of every row
+    _, pull = vjp(lambda s: joint_step(trajectory, trajectory.weights, inputs, s), states)  # u ↦ J_tᵀ u, every row
     generator = torch.Generator().manual_seed(seed)
     v = torch.randn(states.shape, generator=generator, dtype=torch.float64).to(states)  # (T*B, D)
     for _ in range(iterations):
@@ -196,15 +181,14 @@ def jacobian_sigma_max(net: RecurrentNet, trajectory: LayerTrajectory, iteration
     return sigma.view(length, batch)  # (T, B)
 
 
-def jacobian_spectrum(
-    net: RecurrentNet, x: Tensor, k: int = 8, power_iterations: int = 10, seed: int = 0
+def trajectory_spectrum(
+    trajectories: list[LayerTrajectory], k: int = 8, power_iterations: int = 10, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Lyapunov exponents and σ_max(J_t) of every layer on one batch (the probe's measurement).
+    """Lyapunov exponents and σ_max(J_t) of every layer of one recurrence (the probe's measurement).
 
     Args:
-        net: the recurrent network (in eval mode for a deterministic measurement).
-        x: (B, T, input_size) inputs, already embedded for token tasks.
-        k: exponents per layer (capped at D = state_size·H).
+        trajectories: the layers' runs, cut from autograd, bottom first.
+        k: exponents per layer (capped at the joint state's dimension D).
         power_iterations: power iterations of the σ_max estimate.
         seed: seed of Q_0 and of the power-iteration start.
 
@@ -212,10 +196,49 @@ def jacobian_spectrum(
         exponents (L, min(k, D)), averaged over the batch, and σ_max (L, T, B).
     """
     exponents, sigmas = [], []
-    for trajectory in layer_trajectories(net, x):
-        exponents.append(lyapunov_exponents(net, trajectory, k, seed).mean(dim=0))  # (k,)
-        sigmas.append(jacobian_sigma_max(net, trajectory, power_iterations, seed))  # (T, B)
+    for trajectory in trajectories:
+        exponents.append(lyapunov_exponents(trajectory, k, seed).mean(dim=0))  # (k,)
+        sigmas.append(jacobian_sigma_max(trajectory, power_iterations, seed))  # (T, B)
     return torch.stack(exponents), torch.stack(sigmas)  # (L, k), (L, T, B)
+
+
+def jacobian_spectrum(
+    net: RecurrentNet, x: Tensor, k: int = 8, power_iterations: int = 10, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """:func:`trajectory_spectrum` of a seqmem cell on inputs ``x`` (B, T, input_size), from a zero state.
+
+    Args:
+        net: the recurrent network (in eval mode for a deterministic measurement).
+        x: (B, T, input_size) inputs, already embedded for token tasks.
+        k: exponents per layer (capped at D).
+        power_iterations: power iterations of the σ_max estimate.
+        seed: seed of Q_0 and of the power-iteration start.
+
+    Returns:
+        exponents (L, min(k, D)), averaged over the batch, and σ_max (L, T, B).
+    """
+    return trajectory_spectrum(layer_trajectories(net, x), k, power_iterations, seed)
+
+
+def model_spectra(view: ModuleView, batch: Any, k: int = 8, power_iterations: int = 10, seed: int = 0) -> dict:
+    """:func:`trajectory_spectrum` of every recurrence of a model, along its run on ``batch``.
+
+    Args:
+        view: the model's view.
+        batch: a batch as the model's loss takes it (one forward, without autograd; the loss is not used).
+        k: exponents per layer (capped at D).
+        power_iterations: power iterations of the σ_max estimate.
+        seed: seed of Q_0 and of the power-iteration start.
+
+    Returns:
+        {tag prefix: (exponents (L, k), σ_max (L, T, B))}; layers and steps in each layer's own order.
+    """
+    with torch.no_grad():
+        _, runs = view.runs(batch, need_loss=False)
+    return {
+        prefix: trajectory_spectrum([layer.detached() for layer in layers], k, power_iterations, seed)
+        for prefix, (layers, _) in runs.items()
+    }
 
 
 def predicted_horizon(lambda_1: Tensor, threshold: float, length: int) -> Tensor:
@@ -302,27 +325,31 @@ class SpectrumPlot:
 class JacobianSpectrum(ProbeDiagnostic):
     """Spectrum of the step Jacobians J_t = ∂s_t/∂s_{t−1} (φ′ and gates included) on the fixed probe batch.
 
-    Every N steps, per layer ``l`` (the layer's input held fixed; LSTM: the joint state (h, c)):
+    Every N steps, for every recurrent layer of the model (``layer<l>`` for SequenceModel, ``<module path>/layer<l>``
+    for any other model, as in ``grad_time``), the layer's input held fixed (LSTM: the joint state (h, c)):
     ``lyapunov/layer<l>/lambda_1`` … ``lambda_<k>`` (finite-time Lyapunov exponents, mean over the probe
     batch), ``lyapunov/layer<l>/sum`` (their sum: log growth of k-dimensional volumes per step),
     ``lyapunov/layer<l>/predicted_horizon`` (largest lag k with e^{λ_1 k} ≥ ``threshold``, to compare with
     ``grad_time/layer<l>/horizon`` in one chart), ``jacobian/layer<l>/sigma_max_median`` and
     ``sigma_max_max`` (σ_max(J_t) summarised over t, mean over sequences), and the image
-    ``lyapunov/spectrum`` (every exponent against training step, all probes so far).
+    ``lyapunov/spectrum`` per recurrence (every exponent against training step, all probes so far).
 
     Rank-local like the other probes; training gradients are untouched (only jvp / vjp with respect to
     the state, no ``.backward()``), and the random frames come from their own seeded generators.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
-        probe_batch_size: rows of the first training batch kept as the probe batch.
-        k: Lyapunov exponents per layer (capped at the state dimension D = state_size·hidden_size).
+        probe_batch_size: rows of the first training batch kept as the probe batch (SequenceModel; any other
+            model keeps the whole batch).
+        k: Lyapunov exponents per layer (capped at the state dimension D: H, or 2H for the LSTM's (h, c)).
         power_iterations: power iterations for each σ_max(J_t) (each one jvp and one vjp over the whole
             trajectory at once). The estimate approaches σ_max from below: at 10 iterations the median
             (t, sequence) is 1–4 % under it for H = 128 cells at initialisation (7 % at worst); at 50, ≤ 0.3 %
             (3 % at worst), for 5× the power-iteration time.
         threshold: horizon threshold, the same as ``TimestepGradients``' (default 1e-3).
         seed: seed of the initial orthonormal frame and of the power-iteration start vectors.
+        loss_fn: what the probe runs to reach the recurrent layers, ``(module, batch) -> scalar`` (its value is
+            not used), in place of the module's own loss.
     """
 
     def __init__(
@@ -333,8 +360,9 @@ class JacobianSpectrum(ProbeDiagnostic):
         power_iterations: int = 10,
         threshold: float = 1e-3,
         seed: int = 0,
+        loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size)
+        super().__init__(every_n_steps, probe_batch_size, loss_fn)
         require(0 < threshold < 1, f"threshold of JacobianSpectrum must be in (0, 1), got {threshold}")
         require(k >= 1, f"k of JacobianSpectrum must be >= 1, got {k}")
         require(power_iterations >= 1, f"power_iterations of JacobianSpectrum must be >= 1, got {power_iterations}")
@@ -343,44 +371,48 @@ class JacobianSpectrum(ProbeDiagnostic):
         self.threshold = threshold
         self.power_iterations = power_iterations
         self.seed = seed
-        # (step, (L, k) exponents on the CPU) of every probe so far, for the spectrum image.
-        self.history: list[tuple[int, Tensor]] = []
-        self.plot: Optional[SpectrumPlot] = None  # built at the first probe, when L and T are known
+        # Per recurrence (tag prefix): (step, (L, k) exponents on the CPU) of every probe so far, for its image.
+        self.history: dict[str, list[tuple[int, Tensor]]] = {}
+        self.plots: dict[str, SpectrumPlot] = {}  # built at a recurrence's first probe, when L and T are known
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def layout(self, view: ModuleView) -> Layout:
         lyapunov, jacobian = {}, {}
-        for layer in range(pl_module.net.num_layers):
-            lyapunov[f"layer{layer} exponents"] = chart(rf"lyapunov/layer{layer}/lambda_\d+")
-            lyapunov[f"layer{layer} gradient horizon: predicted from λ_1 vs measured"] = chart(
-                f"lyapunov/layer{layer}/predicted_horizon", f"grad_time/layer{layer}/horizon"
-            )
-            jacobian[f"layer{layer} σ_max(J_t): median and max over t"] = chart(
-                f"jacobian/layer{layer}/sigma_max_(median|max)"
-            )
-        lyapunov["sum of the k exponents"] = chart(r"lyapunov/layer\d+/sum")
+        for prefix, recurrence in view.recurrences.items():
+            for name in recurrence.layer_names():
+                layer = prefix + name
+                lyapunov[f"{layer} exponents"] = chart(rf"lyapunov/{escaped(layer)}/lambda_\d+")
+                lyapunov[f"{layer} gradient horizon: predicted from λ_1 vs measured"] = chart(
+                    f"lyapunov/{escaped(layer)}/predicted_horizon", f"grad_time/{escaped(layer)}/horizon"
+                )
+                jacobian[f"{layer} σ_max(J_t): median and max over t"] = chart(
+                    f"jacobian/{escaped(layer)}/sigma_max_(median|max)"
+                )
+        lyapunov["sum of the k exponents"] = chart(r"lyapunov/(.+/)?layer\d+(_reverse)?/sum")
         return {"lyapunov": lyapunov, "jacobian": jacobian}
 
     @override
-    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
-        embedded = pl_module.embed(x).detach()  # (B, T, E)
-        exponents, sigma = jacobian_spectrum(pl_module.net, embedded, self.k, self.power_iterations, self.seed)
-        length = embedded.shape[1]
+    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
+        spectra = model_spectra(view, batch, self.k, self.power_iterations, self.seed)
         values = {}
-        for layer, (lam, sig) in enumerate(zip(exponents, sigma, strict=True)):  # (k,), (T, B)
-            prefix = f"lyapunov/layer{layer}"
-            values.update({f"{prefix}/lambda_{i + 1}": value for i, value in enumerate(lam)})
-            values[f"{prefix}/sum"] = lam.sum()
-            values[f"{prefix}/predicted_horizon"] = predicted_horizon(lam[0], self.threshold, length)
-            values[f"jacobian/layer{layer}/sigma_max_median"] = sig.quantile(0.5, dim=0).mean()
-            values[f"jacobian/layer{layer}/sigma_max_max"] = sig.amax(dim=0).mean()
+        for prefix, (exponents, sigma) in spectra.items():  # (L, k), (L, T, B)
+            length = sigma.shape[1]
+            names = view.recurrences[prefix].layer_names()
+            for name, lam, sig in zip(names, exponents, sigma, strict=True):  # (k,), (T, B)
+                layer = f"{prefix}{name}"
+                values.update({f"lyapunov/{layer}/lambda_{i + 1}": value for i, value in enumerate(lam)})
+                values[f"lyapunov/{layer}/sum"] = lam.sum()
+                values[f"lyapunov/{layer}/predicted_horizon"] = predicted_horizon(lam[0], self.threshold, length)
+                values[f"jacobian/{layer}/sigma_max_median"] = sig.quantile(0.5, dim=0).mean()
+                values[f"jacobian/{layer}/sigma_max_max"] = sig.amax(dim=0).mean()
         write_scalars(writer, values, step)
-        self.history.append((step, exponents.cpu()))
-        if self.plot is None:
-            self.plot = SpectrumPlot(*exponents.shape, length)
-        history = torch.stack([e for _, e in self.history])  # (P, L, k)
-        image = self.plot.render([s for s, _ in self.history], history)
-        writer.add_image("lyapunov/spectrum", image, step, dataformats="HWC")
+        for prefix, (exponents, sigma) in spectra.items():
+            history = self.history.setdefault(prefix, [])
+            history.append((step, exponents.cpu()))
+            if prefix not in self.plots:
+                self.plots[prefix] = SpectrumPlot(*exponents.shape, sigma.shape[1])
+            image = self.plots[prefix].render([s for s, _ in history], torch.stack([e for _, e in history]))
+            writer.add_image(f"lyapunov/{prefix}spectrum", image, step, dataformats="HWC")
 
     @override
     def state_dict(self) -> dict:
@@ -389,4 +421,6 @@ class JacobianSpectrum(ProbeDiagnostic):
 
     @override
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict["history"])
+        history = state_dict["history"]
+        # Checkpoints written before several recurrences were probed hold the one history as a list.
+        self.history = {"": list(history)} if isinstance(history, list) else {k: list(v) for k, v in history.items()}

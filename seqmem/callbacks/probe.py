@@ -1,8 +1,8 @@
 """The probe diagnostics' common ground: a fixed probe batch, probe mode, and the curves they summarise.
 
-A probe runs extra forward/backward passes of the step-by-step path on a fixed batch every N steps,
-without touching the training gradients. The per-timestep gradients and the input sensitivity both
-measure a curve over time whose ratio to its last entry decays with the lag: :class:`CurveProbe`
+A probe runs extra forward/backward passes of the model, its recurrent layers on the step-by-step path, on a
+fixed batch every N steps, without touching the training gradients. The per-timestep gradients and the input
+sensitivity both measure a curve over time whose ratio to its last entry decays with the lag: :class:`CurveProbe`
 summarises such a curve (final value, ratios at chosen lags, horizon) and draws it as a heatmap.
 """
 
@@ -19,62 +19,74 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, PeriodicDiagnostic
+from seqmem.callbacks.base import PeriodicDiagnostic
 from seqmem.errors import require
+from seqmem.views import LossFn, ModuleView, batch_to, view_of
 
 
 class ProbeDiagnostic(PeriodicDiagnostic):
     """A periodic diagnostic that runs extra forward/backward passes on a fixed probe batch.
 
-    The probe batch is the first ``probe_batch_size`` rows of the first training batch this rank
-    sees, kept for the whole run so that successive probes differ only by the weights; each probe
-    starts from a zero state (stateful tasks too) and runs the whole sequence (no truncation), in
-    :func:`probe_mode`. Probes are rank-local: they run on global rank 0 only and are not reduced.
+    The probe batch is kept from the first training batch this rank sees, for the whole run, so that successive
+    probes differ only by the weights: SequenceModel keeps its first ``probe_batch_size`` rows, any other model
+    the whole batch (its layout is the model's own). Each probe runs the model in :func:`probe_mode` with its
+    recurrent layers stepped (:mod:`seqmem.views`); a SequenceModel starts from a zero state and runs the whole
+    sequence (no truncation). Probes are rank-local: they run on global rank 0 only and are not reduced.
 
     Subclasses implement :meth:`probe_and_log`.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
-        probe_batch_size: rows of the first training batch kept as the probe batch.
+        probe_batch_size: rows of the first training batch kept as the probe batch (SequenceModel).
+        loss_fn: the loss the probes run, ``(module, batch) -> scalar``; None: the module's own
+            (``probe_loss(batch)`` if it defines one, else its training_step's; SequenceModel's probe loss).
     """
 
-    def __init__(self, every_n_steps: int, probe_batch_size: int):
+    def __init__(self, every_n_steps: int, probe_batch_size: int, loss_fn: Optional[LossFn] = None):
         super().__init__(every_n_steps)
         name = type(self).__name__
         require(probe_batch_size >= 1, f"probe_batch_size of {name} must be >= 1, got {probe_batch_size}")
         self.probe_batch_size = probe_batch_size
-        self.probe: Optional[dict[str, Tensor]] = None
+        self.loss_fn = loss_fn
+        self.probe: Optional[Any] = None
+
+    @override
+    def make_view(self, pl_module: "L.LightningModule") -> ModuleView:
+        return view_of(pl_module, self.loss_fn)
+
+    @override
+    def check(self, view: ModuleView) -> None:
+        super().check(view)
+        view.require_probe_loss(type(self).__name__)
 
     @override
     def on_train_batch_start(
-        self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: dict, batch_idx: int
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int
     ) -> None:
         if self.probe is None and trainer.is_global_zero:
-            # Clone: the loader may reuse its buffers, and the probe must stay fixed.
-            self.probe = {key: batch[key][: self.probe_batch_size].clone() for key in ("x", "y")}
+            self.probe = self.view.keep_probe(batch, self.probe_batch_size)
 
     @override
-    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
+    def measure(self, writer: SummaryWriter, view: ModuleView, step: int) -> None:
         if self.probe is None:
             return
-        device = next(pl_module.parameters()).device  # a probe restored from a checkpoint arrives on the CPU
-        x, y = (self.probe[key].to(device) for key in ("x", "y"))
-        with probe_mode(pl_module):
-            self.probe_and_log(writer, pl_module, x, y, step)
+        device = next(view.module.parameters()).device  # a probe restored from a checkpoint arrives on the CPU
+        batch = batch_to(self.probe, lambda t: t.to(device))
+        with probe_mode(view.module):
+            self.probe_and_log(writer, view, batch, step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         # The probe batch travels in checkpoints: a resumed run goes on probing the same batch (its first
         # training batch would be another), so its curves continue instead of jumping.
-        probe = None if self.probe is None else {key: value.cpu() for key, value in self.probe.items()}
-        return {"probe": probe}
+        return {"probe": None if self.probe is None else batch_to(self.probe, lambda t: t.cpu())}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.probe = state_dict["probe"]
 
-    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
-        """Run the probe on (x, y) and write its tags at ``step``."""
+    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
+        """Run the probe on ``batch`` (on the model's device) and write its tags at ``step``."""
         raise NotImplementedError
 
 
@@ -106,16 +118,33 @@ class CurveProbe(ProbeDiagnostic):
         decades: orders of magnitude spanned by the heatmap's colour scale.
     """
 
+    #: The heatmap's labels: (xlabel, ylabel, quantity), see :class:`NormHeatmap`.
+    heatmap_labels: tuple[str, str, str] = ("time step t", "layer", "norm")
+
     def __init__(
-        self, every_n_steps: int, probe_batch_size: int, lags: tuple[int, ...], threshold: float, decades: float
+        self,
+        every_n_steps: int,
+        probe_batch_size: int,
+        lags: tuple[int, ...],
+        threshold: float,
+        decades: float,
+        loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size)
+        super().__init__(every_n_steps, probe_batch_size, loss_fn)
         name = type(self).__name__
         require(all(k >= 1 for k in lags), f"lags of {name} must all be >= 1, got {list(lags)}")
         require(0 < threshold < 1, f"threshold of {name} must be in (0, 1), got {threshold}")
         require(decades > 0, f"decades of {name} must be > 0, got {decades}")
         self.lags = tuple(lags)
         self.threshold = threshold
+        self.decades = decades
+        self.heatmaps: dict[str, NormHeatmap] = {}  # one kept figure per recurrence (tag prefix)
+
+    def heatmap(self, prefix: str, norms: Tensor) -> np.ndarray:
+        """The heatmap image of one recurrence's (R, T) curves, drawn on its kept figure."""
+        if prefix not in self.heatmaps:
+            self.heatmaps[prefix] = NormHeatmap(self.decades, *self.heatmap_labels)
+        return self.heatmaps[prefix].render(norms)
 
     def summarise(self, prefix: str, norms: Tensor) -> dict[str, Tensor]:
         """``<prefix>/final`` (lag 0), ``<prefix>/ratio_lag<k>`` and ``<prefix>/horizon`` of a (T,) curve."""

@@ -6,61 +6,104 @@ v ~ N(0, I), E‖vᵀ ∂h_T/∂x_ℓ‖² = ‖∂h_T/∂x_ℓ‖_F² — so on
 x_ℓ is the *embedded* input (the embedding output for token tasks, the features otherwise).
 """
 
+from typing import Any, Optional
+
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, chart, write_scalars
-from seqmem.callbacks.probe import CurveProbe, NormHeatmap
+from seqmem.callbacks.base import Layout, chart, write_scalars
+from seqmem.callbacks.probe import CurveProbe
 from seqmem.errors import require
+from seqmem.views import LossFn, ModuleView, SequenceModelView
 
 
-def input_sensitivity(pl_module: Diagnosable, x: Tensor, projections: int, seed: int = 0) -> Tensor:
-    """Estimated ‖∂h_T/∂x_ℓ‖_F of the last layer's final state, for every position ℓ.
+def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int = 0) -> dict[str, Tensor]:
+    """Estimated ‖∂h_T/∂x_ℓ‖_F of each recurrence's final state (its top layer's, per direction) for every position ℓ
+    of the input that recurrence stepped.
 
-    One step-by-step forward, then one ``autograd.grad`` batched over the ``projections`` Gaussian
-    v of every sample (``is_grads_batched``: the backward is vmapped, the forward not repeated)
-    gives every vᵀ ∂h_T/∂x_ℓ; the root-mean-square over projections and samples is the estimate
-    (the RMS over samples of the per-sample Frobenius norm). v comes from its own seeded generator,
-    so probes do not consume the training random stream and see the same projections.
+    One run of the model with every recurrence stepping a leaf copy of its input, then per final state one
+    ``autograd.grad`` batched over the ``projections`` Gaussian v of every sample (``is_grads_batched``: the
+    backward is vmapped, the forward not repeated) gives every vᵀ ∂h_T/∂x_ℓ; the root-mean-square over
+    projections and samples is the estimate (the RMS over samples of the per-sample Frobenius norm). v comes from
+    its own seeded generator, so probes do not consume the training random stream and see the same projections.
 
     Args:
-        pl_module: a SequenceModel (``embed``, ``net``).
-        x: (B, T) token ids or (B, T, I) features.
+        view: the model's view.
+        batch: a batch as the model's loss takes it (the loss itself is not used).
         projections: random projections per sample.
         seed: seed of the projections.
 
     Returns:
-        (T,) estimates, position ℓ = 0..T−1.
+        {tag prefix: (D, T) estimates}, one row per direction; a reverse direction's positions run in its own
+        order (its final state, at position 0, is the last entry).
     """
-    embedded = pl_module.embed(x).detach().requires_grad_()  # (B, T, E)
-    _, _, hiddens = pl_module.net.forward_steps(embedded)
-    h_final = hiddens[-1][-1]  # (B, H): last layer, last step
-    generator = torch.Generator(device=h_final.device).manual_seed(seed)
-    shape = (projections, *h_final.shape)
-    v = torch.randn(shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P, B, H)
-    (vjp,) = torch.autograd.grad(h_final, embedded, grad_outputs=v, is_grads_batched=True)  # (P, B, T, E) vᵀ ∂h_T/∂x_ℓ
-    return vjp.square().sum(dim=-1).mean(dim=(0, 1)).sqrt()  # (T,)
+    _, runs = view.runs(batch, leaf_inputs=True, need_loss=False)
+    curves = {}
+    for prefix, (layers, inputs) in runs.items():
+        rows = []
+        top = view.recurrences[prefix].top_layers()
+        for index in top:  # one per direction
+            h_final = layers[index].states[-1][0]  # (B, H): the direction's last step
+            generator = torch.Generator(device=h_final.device).manual_seed(seed)
+            shape = (projections, *h_final.shape)
+            v = torch.randn(shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P, B, H)
+            # vᵀ ∂h_T/∂x_ℓ for every input: (P, B, T, I) of a module's call, (P, B, I) of a cell's.
+            last = index == top[-1]  # the directions share the graph: keep it for the next one
+            grads = torch.autograd.grad(
+                h_final, inputs, grad_outputs=v, is_grads_batched=True, allow_unused=True, retain_graph=not last
+            )
+            squares = [
+                torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device).reshape(-1)  # never reached: 0
+                if g is None
+                else g.square().sum(dim=-1).mean(dim=(0, 1)).reshape(-1)  # (T,) or (1,)
+                for g, x in zip(grads, inputs, strict=True)
+            ]
+            rows.append(torch.cat(squares).sqrt())  # (T,)
+        if len(rows) > 1:
+            rows[1] = rows[1].flip(0)  # the reverse direction in its own order: its final state's position last
+        curves[prefix] = torch.stack(rows)  # (D, T)
+    return curves
+
+
+def input_sensitivity(model: Any, x: Tensor, projections: int, seed: int = 0) -> Tensor:
+    """Estimated ‖∂h_T/∂x_ℓ‖_F (T,) of a SequenceModel's last layer's final state, for every position ℓ:
+    :func:`sensitivity_norms` of its net. x_ℓ is the *embedded* input for token tasks, the features otherwise.
+
+    Args:
+        model: a SequenceModel.
+        x: (B, T) token ids or (B, T, I) features.
+        projections: random projections per sample.
+        seed: seed of the projections.
+    """
+    return sensitivity_norms(SequenceModelView(model), {"x": x, "y": None}, projections, seed)[""][0]
 
 
 class InputSensitivity(CurveProbe):
-    """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps: ``sensitivity/heatmap`` (a figure, one
-    row, input position ℓ left to right, colour log10(norm / max) from −``decades`` to 0, with axes,
-    colour bar and the max in the title),
-    ``sensitivity/final`` (ℓ = T), ``sensitivity/ratio_lag<k>`` (ℓ = T − k, relative to ℓ = T) and
-    ``sensitivity/horizon`` (largest lag whose ratio is at least ``threshold``).
+    """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps, for the final state of every recurrence (its top
+    layer): ``sensitivity/final`` (ℓ = T), ``sensitivity/ratio_lag<k>`` (ℓ = T − k, relative to ℓ = T),
+    ``sensitivity/horizon`` (largest lag whose ratio is at least ``threshold``) and the figure
+    ``sensitivity/heatmap`` (input position ℓ left to right, colour log10(norm / max) from −``decades`` to 0,
+    with axes, colour bar and the max in the title). For any model but SequenceModel the tags carry the
+    recurrence's module path (``sensitivity/<path>/...``), and a bidirectional one's reverse direction writes
+    ``sensitivity/<path>/reverse/...`` (its lags counted from position 0).
 
     Rank-local: rank 0 probes its own probe batch; nothing is reduced across ranks.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
-        probe_batch_size: rows of the first training batch kept as the probe batch.
+        probe_batch_size: rows of the first training batch kept as the probe batch (SequenceModel; any other
+            model keeps the whole batch).
         projections: random projections per sample of the Frobenius-norm estimate.
         lags: lags k = T − ℓ at which the ratio is logged (those < T).
         threshold: the horizon is the largest lag whose ratio is at least this.
         decades: orders of magnitude spanned by the heatmap's colour scale.
+        loss_fn: what the probe runs to reach the recurrent layers, ``(module, batch) -> scalar`` (its value is
+            not used), in place of the module's own loss.
     """
+
+    heatmap_labels = ("input position ℓ", "", "‖∂h_T/∂x_ℓ‖")
 
     def __init__(
         self,
@@ -70,24 +113,29 @@ class InputSensitivity(CurveProbe):
         lags: tuple[int, ...] = (1, 10, 30, 100),
         threshold: float = 1e-3,
         decades: float = 8.0,
+        loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades)
+        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades, loss_fn)
         require(projections >= 1, f"projections of InputSensitivity must be >= 1, got {projections}")
         self.projections = projections
-        self.heatmap = NormHeatmap(decades, xlabel="input position ℓ", ylabel="", quantity="‖∂h_T/∂x_ℓ‖")
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def layout(self, view: ModuleView) -> Layout:
         return {
             "sensitivity": {
-                "ratio at lags": chart(r"sensitivity/ratio_lag\d+"),
-                "horizon": chart("sensitivity/horizon"),
-                "final input": chart("sensitivity/final"),
+                "ratio at lags": chart(r"sensitivity/(.+/)?ratio_lag\d+"),
+                "horizon": chart(r"sensitivity/(.+/)?horizon"),
+                "final input": chart(r"sensitivity/(.+/)?final"),
             }
         }
 
     @override
-    def probe_and_log(self, writer: SummaryWriter, pl_module: Diagnosable, x: Tensor, y: Tensor, step: int) -> None:
-        norms = input_sensitivity(pl_module, x, self.projections).detach()  # (T,)
-        write_scalars(writer, self.summarise("sensitivity", norms), step)
-        writer.add_image("sensitivity/heatmap", self.heatmap.render(norms[None]), step, dataformats="HWC")
+    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
+        curves = {prefix: rows.detach() for prefix, rows in sensitivity_norms(view, batch, self.projections).items()}
+        values = {}
+        for prefix, rows in curves.items():  # (D, T)
+            for direction, curve in zip(("", "reverse/")[: len(rows)], rows, strict=True):
+                values.update(self.summarise(f"sensitivity/{prefix}{direction}".rstrip("/"), curve))
+        write_scalars(writer, values, step)
+        for prefix, rows in curves.items():
+            writer.add_image(f"sensitivity/{prefix}heatmap", self.heatmap(prefix, rows), step, dataformats="HWC")

@@ -12,7 +12,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnosable, Layout, PeriodicDiagnostic, chart, write_scalars
+from seqmem.callbacks.base import Layout, PeriodicDiagnostic, chart, escaped, write_scalars
+from seqmem.views import ModuleView
 
 
 def spectral_summary(matrix: Tensor) -> dict[str, Tensor]:
@@ -29,8 +30,10 @@ def orthogonality_error(matrix: Tensor) -> Tensor:
 
 
 class RecurrentSpectrum(PeriodicDiagnostic):
-    """Logs ``spectral/layer<l>[/<gate>]/{radius,sigma_max,sigma_min}`` every N optimizer steps, and
-    ``spectral/layer<l>/orthogonality_error`` for a net whose W_h is kept orthogonal.
+    """Logs ``spectral/<layer>[/<gate>]/{radius,sigma_max,sigma_min}`` every N optimizer steps for every recurrent
+    layer of the model (``spectral/<module path>/layer<l>/...``; SequenceModel's net without the path), and
+    ``spectral/<layer>/orthogonality_error`` for a layer whose W_h is kept orthogonal. An LSTM with ``proj_size``
+    reports the square map W_hr W_h^gate (P × P).
 
     Args:
         every_n_steps: measure on optimizer steps 0, N, 2N, ... (weights before that step's update).
@@ -40,27 +43,27 @@ class RecurrentSpectrum(PeriodicDiagnostic):
         super().__init__(every_n_steps)
 
     @override
-    def layout(self, pl_module: Diagnosable) -> Layout:
+    def layout(self, view: ModuleView) -> Layout:
         charts = {}
-        for layer in range(pl_module.net.num_layers):
-            charts[f"layer{layer} spectral radius"] = chart(rf"spectral/layer{layer}/(\w+/)?radius")
-            charts[f"layer{layer} singular values"] = chart(rf"spectral/layer{layer}/(\w+/)?sigma_(max|min)")
-        if pl_module.net.orthogonal:
-            charts["distance from orthogonality"] = chart(r"spectral/layer\d+/orthogonality_error")
+        for prefix, recurrence in view.recurrences.items():
+            for name in recurrence.layer_names():
+                layer = escaped(prefix + name)
+                charts[f"{prefix}{name} spectral radius"] = chart(rf"spectral/{layer}/(\w+/)?radius")
+                charts[f"{prefix}{name} singular values"] = chart(rf"spectral/{layer}/(\w+/)?sigma_(max|min)")
+        if any(recurrence.orthogonal for recurrence in view.recurrences.values()):
+            charts["distance from orthogonality"] = chart(r"spectral/(.+/)?layer\d+/orthogonality_error")
         return {"spectral": charts}
 
     @override
-    def measure(self, writer: SummaryWriter, pl_module: Diagnosable, step: int) -> None:
-        net = pl_module.net
+    def measure(self, writer: SummaryWriter, view: ModuleView, step: int) -> None:
         values = {}
         with torch.no_grad():
-            matrices = net.recurrent_matrices()  # an orthogonal W_h is computed here, once
-            for name, block in matrices.items():
-                for key, value in spectral_summary(block).items():
-                    values[f"spectral/{name}/{key}"] = value
-            if net.orthogonal:  # one gate block per layer, named "layer<l>"
-                for layer in range(net.num_layers):
-                    values[f"spectral/layer{layer}/orthogonality_error"] = orthogonality_error(
-                        matrices[f"layer{layer}"]
-                    )
+            for prefix, recurrence in view.recurrences.items():
+                matrices = recurrence.recurrent_matrices()  # an orthogonal W_h is computed here, once
+                for name, block in matrices.items():
+                    for key, value in spectral_summary(block).items():
+                        values[f"spectral/{prefix}{name}/{key}"] = value
+                if recurrence.orthogonal:  # one gate block per layer, named like the layer
+                    for name in recurrence.layer_names():
+                        values[f"spectral/{prefix}{name}/orthogonality_error"] = orthogonality_error(matrices[name])
         write_scalars(writer, values, step)

@@ -1,9 +1,10 @@
 """Recurrent families, one file each, and the one table mapping ``model.cell`` names to classes."""
 
+import importlib
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from seqmem.errors import require, require_choice
+from seqmem.errors import ConfigError, quote, require, shorten
 from seqmem.models.base import RecurrentNet
 from seqmem.models.elman import IRNN, VanillaRNN
 from seqmem.models.gru import GRU
@@ -19,28 +20,72 @@ MODELS: dict[str, type[RecurrentNet]] = {
     "lstm": LSTM,
 }
 
-# The allowed ``model.cell`` values, read off the table so that a new row is a new choice in --help.
+# The names of seqmem's cells, read off the table so that a new row is a new choice.
 Cell = Literal[tuple(MODELS)]  # type: ignore[valid-type]
 
 
+def resolve_cell(cell: str) -> type[RecurrentNet]:
+    """The class of ``model.cell``: a name of :data:`MODELS`, or the import path of a cell of one's own
+    (``package.module.Class``, a subclass of :class:`RecurrentNet`, importable: installed or on PYTHONPATH).
+
+    Raises:
+        ConfigError: neither a seqmem cell's name nor an importable RecurrentNet subclass.
+    """
+    if cell in MODELS:
+        return MODELS[cell]
+    allowed = f"model.cell must be one of {', '.join(MODELS)}, or the import path of a RecurrentNet subclass"
+    module_name, _, class_name = cell.rpartition(".")
+    require(bool(module_name), f"{allowed} (package.module.Class); got {quote(cell)}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"{allowed}; {quote(cell)} cannot be imported ({shorten(str(error))})") from None
+    require(
+        isinstance(cls, type) and issubclass(cls, RecurrentNet),
+        f"{allowed} (seqmem.models.RecurrentNet: the cell protocol); {quote(cell)} is not one",
+    )
+    return cls
+
+
 def build_model(
-    cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, **options: Any
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    dropout: float = 0.0,
+    cell_options: Optional[dict[str, Any]] = None,
+    **options: Any,
 ) -> RecurrentNet:
-    """Instantiate ``MODELS[cell]``; ``options`` set to None are left at the cell's default.
+    """Instantiate the cell ``cell`` (:func:`resolve_cell`); ``options`` set to None are left at its default.
 
     An option that the chosen cell does not take (``forget_bias`` with ``gru``) is a config error
     rather than silently ignored.
 
+    Args:
+        cell: a name of :data:`MODELS` or a cell class's import path.
+        input_size: features per time step of the input.
+        hidden_size: units per layer.
+        num_layers: stacked layers.
+        dropout: dropout between layers.
+        cell_options: further constructor arguments of a cell of one's own (``model.cell_options``).
+        options: seqmem's cell options (``forget_bias``, ``activation``, ...), None where not given.
+
     Raises:
         ConfigError: an unknown cell, or an option the cell does not take.
     """
-    require_choice(cell, Cell, "model.cell")
-    cls = MODELS[cell]
+    cls = resolve_cell(cell)
     given = {name: value for name, value in options.items() if value is not None}
+    takes = inspect.signature(cls.__init__).parameters
     for name in given:
         users = sorted(c for c, k in MODELS.items() if name in inspect.signature(k.__init__).parameters)
-        require(cell in users, f"model.{name} applies only to cell {' / '.join(users)}, not {cell!r}")
-    return cls(input_size, hidden_size, num_layers, dropout, **given)
+        require(name in takes, f"model.{name} applies only to cell {' / '.join(users)}, not {cell!r}")
+    for name in cell_options or {}:
+        require(
+            name in takes and name not in ("self", "input_size", "hidden_size", "num_layers", "dropout"),
+            f"model.cell_options: {cls.__name__} takes no option {name!r} "
+            f"(it takes: {', '.join(list(takes)[5:]) or 'none'})",
+        )
+    return cls(input_size, hidden_size, num_layers, dropout, **given, **(cell_options or {}))
 
 
 __all__ = [
@@ -57,6 +102,7 @@ __all__ = [
     "State",
     "VanillaRNN",
     "build_model",
+    "resolve_cell",
     "detach_state",
     "state_from_parts",
     "state_parts",

@@ -21,13 +21,18 @@ from torch import Tensor, nn
 
 from seqmem.errors import require
 from seqmem.models.state import State, state_from_parts, state_parts
+from seqmem.models.steps import LayerTrajectory, run_steps
 
 
 class RecurrentNet(nn.Module):
     """Base class: a multi-layer recurrent network over batch-first sequences.
 
-    Subclasses implement :meth:`forward` (fused) and the three step-path hooks
-    :meth:`layer_weights`, :meth:`project_input` and :meth:`step`.
+    This is the cell protocol: the five seqmem cells implement it, and so does a cell of one's own. A subclass
+    implements :meth:`layer_weights`, :meth:`step` and :meth:`layer_parameters` (and sets :attr:`gate_names` and
+    :attr:`state_size`); it may override :meth:`forward` with a fused kernel (the default runs the step path),
+    :meth:`project_input`, :meth:`derived_gradients` and :meth:`orthogonal_parameters`. Its constructor takes
+    ``(input_size, hidden_size, num_layers, dropout, **options)``; ``--model.cell package.module.Class`` trains it
+    through the CLI and ``seqmem sweep``, with every diagnostic.
 
     Args:
         input_size: features per time step of the input.
@@ -55,8 +60,13 @@ class RecurrentNet(nn.Module):
 
     # ---- fused path -------------------------------------------------------------------------
     def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        """Fused forward: x (B, T, input_size) -> outputs (B, T, H) of the last layer, final state."""
-        raise NotImplementedError
+        """x (B, T, input_size) -> outputs (B, T, H) of the last layer, final state.
+
+        seqmem's cells override this with a fused kernel; a cell without one (a researcher's own, modReLU)
+        trains on the step-by-step path.
+        """
+        outputs, state, _ = self.layer_runs(x, state)
+        return outputs, state
 
     # ---- step-by-step path hooks ------------------------------------------------------------
     def layer_weights(self, layer: int) -> tuple[Tensor, ...]:
@@ -86,6 +96,35 @@ class RecurrentNet(nn.Module):
         return []
 
     # ---- shared machinery ---------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """The layers as the diagnostics' tags name them: layer0, layer1, ..."""
+        return [f"layer{layer}" for layer in range(self.num_layers)]
+
+    def layer_runs(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State, list[LayerTrajectory]]:
+        """Step-by-step forward over the same parameters as :meth:`forward`, keeping every layer's run.
+
+        Args:
+            x: (B, T, input_size) inputs.
+            state: initial state in torch's format, zeros when None.
+
+        Returns:
+            outputs (B, T, H) of the last layer, the final state, and one :class:`LayerTrajectory` per layer,
+            bottom first, whose states are the very tensors the next step, the next layer and the outputs were
+            computed from.
+        """
+        layer_states = self._unpack(state, x.shape[0], x)
+        layer_input = x  # (B, T, I)
+        runs = []
+        for layer in range(self.num_layers):
+            weights = self.layer_weights(layer)
+            run = run_steps(self.step, weights, self.project_input(weights, layer_input), layer_states[layer])
+            runs.append(run)
+            layer_states[layer] = run.states[-1]
+            out = torch.stack(run.hiddens, dim=1)  # (B, T, H)
+            last = layer == self.num_layers - 1
+            layer_input = out if last else F.dropout(out, self.dropout, self.training)
+        return layer_input, self._pack(layer_states), runs
+
     def forward_steps(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State, list[list[Tensor]]]:
         """Step-by-step forward over the same parameters as :meth:`forward`.
 
@@ -99,36 +138,8 @@ class RecurrentNet(nn.Module):
             from — so ``autograd.grad(loss, [h for layer in hiddens for h in layer])`` is the full
             dL/dh_t (readout and recurrence) of every layer and step, in one backward.
         """
-        layer_states = self._unpack(state, x.shape[0], x)
-        layer_input = x  # (B, T, I)
-        hiddens = []
-        for layer in range(self.num_layers):
-            weights = self.layer_weights(layer)
-            states = self.layer_steps(weights, self.project_input(weights, layer_input), layer_states[layer])
-            layer_states[layer] = states[-1]
-            hs = [s[0] for s in states[1:]]  # h_1 .. h_T, each (B, H)
-            hiddens.append(hs)
-            out = torch.stack(hs, dim=1)  # (B, T, H)
-            last = layer == self.num_layers - 1
-            layer_input = out if last else F.dropout(out, self.dropout, self.training)
-        return layer_input, self._pack(layer_states), hiddens
-
-    def layer_steps(
-        self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]
-    ) -> list[tuple[Tensor, ...]]:
-        """Run one layer step by step: the full state s_0 (= ``state``), s_1, ..., s_T, each a tuple of (B, H).
-
-        Args:
-            weights: the layer's :meth:`layer_weights`.
-            x_proj: (B, T, gates*H) projected inputs (:meth:`project_input`).
-            state: s_0, a tuple of ``state_size`` (B, H) tensors.
-        """
-        states = [state]
-        # unbind, not x_proj[:, t]: the backward of T selects would write T full-size zero gradients
-        # (O(T²) memory traffic); unbind's backward is one stack.
-        for x_t in x_proj.unbind(1):  # (B, gates*H)
-            states.append(self.step(weights, x_t, states[-1]))
-        return states
+        outputs, state, runs = self.layer_runs(x, state)
+        return outputs, state, [run.hiddens for run in runs]
 
     def recurrent_matrices(self) -> dict[str, Tensor]:
         """W_h of every layer, split into its gate blocks: {"layer0/f": (H, H), ...}."""

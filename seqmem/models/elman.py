@@ -6,11 +6,11 @@ h_t = φ(W_h h_{t-1} + W_in x_t + b). Fused path: nn.RNN.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import require
 from seqmem.models.base import TorchRecurrentNet
+from seqmem.models.steps import elman_step
 
 
 class VanillaRNN(TorchRecurrentNet):
@@ -50,9 +50,7 @@ class VanillaRNN(TorchRecurrentNet):
                     w_h.mul_(spectral_radius / torch.linalg.eigvals(w_h).abs().max())
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        _, w_h, _, b_h = weights
-        pre = x_proj + F.linear(state[0], w_h, b_h)  # (B, H)
-        return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre),)
+        return elman_step(weights, x_proj, state, self.nonlinearity)
 
 
 class IRNN(VanillaRNN):

@@ -4,11 +4,10 @@ h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: the z ⊙ h_{t-1} term is the additive path
 when the update gate is near 1, which is why gradients survive long lags.
 """
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.models.base import TorchRecurrentNet
+from seqmem.models.steps import gru_step
 
 
 class GRU(TorchRecurrentNet):
@@ -28,12 +27,4 @@ class GRU(TorchRecurrentNet):
         self.rnn = nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        _, w_h, _, b_h = weights
-        h = state[0]  # (B, H)
-        sizes = (2 * self.hidden_size, self.hidden_size)
-        gx_rz, gx_n = x_proj.split(sizes, dim=1)  # (B, 2H), (B, H)
-        gh_rz, gh_n = F.linear(h, w_h, b_h).split(sizes, dim=1)  # b_h stays inside r ⊙ (...) as in torch
-        # Fused forms (r and z in one sigmoid, addcmul, lerp) keep the step path's op count low.
-        r, z = torch.sigmoid(gx_rz + gh_rz).chunk(2, dim=1)  # each (B, H)
-        n = torch.tanh(torch.addcmul(gx_n, r, gh_n))  # (B, H)
-        return (torch.lerp(n, h, z),)  # (1 - z) ⊙ n + z ⊙ h
+        return gru_step(weights, x_proj, state)

@@ -7,11 +7,11 @@ forget gate is open — hence the forget-bias init of 1 (Gers et al. 2000; Jozef
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.models.base import TorchRecurrentNet
 from seqmem.models.state import State, state_from_parts, state_parts
+from seqmem.models.steps import lstm_step
 
 
 class LSTM(TorchRecurrentNet):
@@ -58,9 +58,4 @@ class LSTM(TorchRecurrentNet):
         return self.rnn(x, state)  # (B, T, H), state
 
     def step(self, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        _, w_h, _, b_h = weights
-        h, c = state  # (B, H) each
-        i, f, g, o = (x_proj + F.linear(h, w_h, b_h)).chunk(4, dim=1)  # each (B, H)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return lstm_step(weights, x_proj, state)

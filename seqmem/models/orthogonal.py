@@ -126,8 +126,7 @@ class OrthogonalRNN(RecurrentNet):
 
     def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         if self.activation == "modrelu":
-            outputs, state, _ = self.forward_steps(x, state)
-            return outputs, state
+            return super().forward(x, state)  # the step-by-step path: no fused kernel has modReLU
         flat = [w for layer in range(self.num_layers) for w in self.layer_weights(layer)]
         if state is None:
             state = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)  # (L, B, H)

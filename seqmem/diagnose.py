@@ -1,0 +1,150 @@
+"""Every diagnostic without Lightning: for a training loop written by hand, the same numbers and the same tags.
+
+The functions take the model (any nn.Module holding torch's recurrent layers or seqmem cells, found by module
+path), a batch, and the loss function ``loss_fn(model, batch) -> scalar`` the loop trains with; they return
+plain dicts keyed as the callbacks' tags are (``<module path>/layer<l>``). :class:`Diagnostics` writes them to
+TensorBoard under exactly the callbacks' tags, images included::
+
+    from torch.utils.tensorboard import SummaryWriter
+    from seqmem.diagnose import Diagnostics
+
+    diagnostics = Diagnostics(model, loss_fn, SummaryWriter("runs/lm"))
+    for step, batch in enumerate(loader):
+        optimizer.zero_grad()
+        loss_fn(model, batch).backward()
+        diagnostics.gradients(step)                  # grad_norm/*: before clipping
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if step % 200 == 0:
+            diagnostics.probe(batch, step)           # spectral/*, grad_time/*, sensitivity/*, lyapunov/*
+        optimizer.step()
+
+Every function leaves the model's gradients, attributes, mode and random streams as it found them.
+"""
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+
+from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms
+from seqmem.callbacks.grad_time import TimestepGradients, hidden_grad_norms
+from seqmem.callbacks.jacobian import JacobianSpectrum, model_spectra
+from seqmem.callbacks.probe import ProbeDiagnostic, probe_mode
+from seqmem.callbacks.sensitivity import InputSensitivity, sensitivity_norms
+from seqmem.callbacks.spectral import RecurrentSpectrum, spectral_summary
+from seqmem.views import LossFn, ModuleView, view_of
+
+
+def _view(model: nn.Module, loss_fn: Optional[LossFn], who: str) -> ModuleView:
+    view = view_of(model, loss_fn)
+    view.require_recurrent(who)
+    if loss_fn is not None:
+        view.require_probe_loss(who)
+    return view
+
+
+def _per_layer(view: ModuleView, curves: dict[str, Tensor]) -> dict[str, Tensor]:
+    """{prefix: (L, ·)} -> {prefix + layer name: (·)}."""
+    return {
+        f"{prefix}{name}": row
+        for prefix, rows in curves.items()
+        for name, row in zip(view.recurrences[prefix].layer_names(), rows, strict=True)
+    }
+
+
+def timestep_gradients(model: nn.Module, batch: Any, loss_fn: LossFn) -> dict[str, Tensor]:
+    """‖dL/dh_t‖ of every recurrent layer at every step: ``{"<path>/layer<l>": (T,)}``, the full gradient through
+    the recurrence (what ``grad_time/*`` summarises), in each layer's own step order."""
+    view = _view(model, loss_fn, "timestep_gradients")
+    with probe_mode(model):
+        return _per_layer(view, {k: v.detach() for k, v in hidden_grad_norms(view, batch).items()})
+
+
+def input_sensitivity(
+    model: nn.Module, batch: Any, loss_fn: LossFn, projections: int = 2, seed: int = 0
+) -> dict[str, Tensor]:
+    """Estimated ‖∂h_T/∂x_ℓ‖_F of each recurrence's final state against input position ℓ:
+    ``{"<path>/": (T,), "<path>/reverse/": (T,)}`` (the reverse direction of a bidirectional one)."""
+    view = _view(model, loss_fn, "input_sensitivity")
+    with probe_mode(model):
+        curves = sensitivity_norms(view, batch, projections, seed)
+    return {
+        f"{prefix}{direction}": row.detach()
+        for prefix, rows in curves.items()
+        for direction, row in zip(("", "reverse/")[: len(rows)], rows, strict=True)
+    }
+
+
+def lyapunov_spectrum(
+    model: nn.Module, batch: Any, loss_fn: LossFn, k: int = 8, power_iterations: int = 10, seed: int = 0
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The top ``k`` finite-time Lyapunov exponents (k,) and σ_max(J_t) (T, B) of every recurrent layer along its
+    run on ``batch``: ``{"<path>/layer<l>": (exponents, sigma_max)}``."""
+    view = _view(model, loss_fn, "lyapunov_spectrum")
+    with probe_mode(model):
+        spectra = model_spectra(view, batch, k, power_iterations, seed)
+    return {
+        f"{prefix}{name}": (lam, sig)
+        for prefix, (exponents, sigmas) in spectra.items()
+        for name, lam, sig in zip(view.recurrences[prefix].layer_names(), exponents, sigmas, strict=True)
+    }
+
+
+def spectral_radii(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """Spectral radius and extreme singular values of every recurrent matrix, per gate block:
+    ``{"<path>/layer<l>/<gate>": {"radius", "sigma_max", "sigma_min"}}``."""
+    view = _view(model, None, "spectral_radii")
+    return {
+        f"{prefix}{name}": spectral_summary(matrix)
+        for prefix, recurrence in view.recurrences.items()
+        for name, matrix in recurrence.recurrent_matrices().items()
+    }
+
+
+def parameter_gradient_norms(model: nn.Module) -> dict[str, Tensor]:
+    """``grad_norm/*`` of the gradients the parameters hold now (call after backward, before clipping): every
+    parameter by role and module path, and ``grad_norm/total``."""
+    view = view_of(model)
+    return gradient_norms(view.parameter_tags(), view.derived_tags())
+
+
+class Diagnostics:
+    """Writes the tags of seqmem's callbacks from a hand-written loop (see the module docstring).
+
+    Args:
+        model: the model.
+        loss_fn: the loop's loss, ``(model, batch) -> scalar``: what the probes differentiate.
+        writer: a TensorBoard ``SummaryWriter``.
+        probes: the periodic diagnostics :meth:`probe` runs, configured as the callbacks are; default:
+            RecurrentSpectrum, TimestepGradients, InputSensitivity, JacobianSpectrum at their defaults.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        writer: SummaryWriter,
+        probes: Optional[list[RecurrentSpectrum | ProbeDiagnostic]] = None,
+    ):
+        self.view = _view(model, loss_fn, "Diagnostics")
+        self.writer = writer
+        self.norms = GradientNorms()
+        self.probes = probes or [RecurrentSpectrum(), TimestepGradients(), InputSensitivity(), JacobianSpectrum()]
+        layout: dict = {}
+        for diagnostic in [self.norms, *self.probes]:
+            diagnostic.view = self.view
+            diagnostic.check(self.view)
+            for category, charts in diagnostic.layout(self.view).items():
+                layout.setdefault(category, {}).update(charts)
+        writer.add_custom_scalars(layout)
+
+    def gradients(self, step: int) -> None:
+        """Write ``grad_norm/*`` of the gradients the parameters hold now: call after backward, before clipping."""
+        self.norms.measure(self.writer, self.view, step)
+
+    def probe(self, batch: Any, step: int) -> None:
+        """Run every probe on ``batch`` and write its tags at ``step`` (each probe's own batch is this one)."""
+        for diagnostic in self.probes:
+            if isinstance(diagnostic, ProbeDiagnostic):
+                diagnostic.probe = batch
+            diagnostic.measure(self.writer, self.view, step)
