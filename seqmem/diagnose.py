@@ -60,12 +60,12 @@ def timestep_gradients(model: nn.Module, batch: Any, loss_fn: LossFn) -> dict[st
         return _per_layer(view, {k: v.detach() for k, v in hidden_grad_norms(view, batch).items()})
 
 
-def input_sensitivity(
+def sensitivity_curves(
     model: nn.Module, batch: Any, loss_fn: LossFn, projections: int = 2, seed: int = 0
 ) -> dict[str, Tensor]:
     """Estimated ‖∂h_T/∂x_ℓ‖_F of each recurrence's final state against input position ℓ:
     ``{"<path>/": (T,), "<path>/reverse/": (T,)}`` (the reverse direction of a bidirectional one)."""
-    view = _view(model, loss_fn, "input_sensitivity")
+    view = _view(model, loss_fn, "sensitivity_curves")
     with probe_mode(model):
         curves = sensitivity_norms(view, batch, projections, seed)
     return {

@@ -215,3 +215,49 @@ def test_lightnings_progress_bar_reads_its_values_on_every_refresh(workdir: Path
     assert all(any(frame.name == "get_metrics" for frame in read.stack) for read in reads)
     tqdm = ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=10"]
     assert {read.batch for read in quiet_reads(workdir / "tqdm", [*args, *tqdm])} == {11}  # the run's last batch
+
+
+def test_quiet_steps_of_a_users_own_model_make_no_host_reads(tmp_path: Path) -> None:
+    """A user's word-level LM (tests/user_models.py) under its own L.Trainer with every diagnostic at the shipped
+    intervals, clipping and the guard: a step that logs nothing reads nothing from the device."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from user_models import WordLM, lm_data
+
+    from seqmem.callbacks import (
+        ClippingEvents,
+        GradientNorms,
+        InputSensitivity,
+        JacobianSpectrum,
+        NonFiniteGuard,
+        RecurrentSpectrum,
+        TimestepGradients,
+    )
+
+    reads = HostReads()
+    quiet = QuietBatches(reads)
+    diagnostics = [
+        GradientNorms(),
+        ClippingEvents(),
+        RecurrentSpectrum(every_n_steps=100),
+        TimestepGradients(every_n_steps=1000),
+        InputSensitivity(every_n_steps=1000),
+        JacobianSpectrum(every_n_steps=2000),
+        NonFiniteGuard(),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        max_epochs=-1,
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+        callbacks=[quiet, *diagnostics, StopRecording(reads)],
+        logger=TensorBoardLogger(str(tmp_path), name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with reads:
+        trainer.fit(WordLM(), lm_data(batches=4))
+    assert trainer.global_step == 12 and len(set(range(12)) - quiet.noisy) >= 8
+    found = [read for read in reads.reads if read.batch not in quiet.noisy]
+    assert not found, "\n".join(str(read) for read in found[:5])

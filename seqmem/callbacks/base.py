@@ -10,7 +10,8 @@ Trainer clipping comes after the hook, and SequenceModel clips in its own ``on_b
 which Lightning calls after the callbacks'. So every diagnostic sees the averaged, unscaled, pre-clip
 gradient, identical on every rank, in automatic and manual (truncated BPTT) optimisation alike. (Under
 16-mixed, a fused optimizer unscales inside its own step, after the hook: that pairing is refused.) Norms
-and spectra are computed in float32 whatever the precision, so a tag means the same in every precision.
+and spectra are computed in float32 whatever the precision (float64 under 64-true), so a tag means the same in
+every precision.
 
 Steps: the x-axis is ``trainer.global_step`` at that hook, the index of the optimizer step being taken
 (it advances once per chunk under truncated BPTT). Two rules decide when a diagnostic writes:
@@ -95,10 +96,15 @@ def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -
         writer.add_scalar(tag, number, step)
 
 
+def norm_dtype(tensors: list[Tensor]) -> torch.dtype:
+    """The dtype norms of ``tensors`` are computed in: float32, or float64 where any tensor is (64-true precision);
+    never half precision, whose sum of squares overflows at 65504."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def total_norm(tensors: list[Tensor]) -> Tensor:
-    """L2 norm of all the tensors together, in float32 whatever their dtype (a half-precision sum of squares
-    overflows at 65504), on the device: NaN or inf when any entry is."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=torch.float32)))
+    """L2 norm of all the tensors together, in :func:`norm_dtype`, on the device: NaN or inf when any entry is."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=norm_dtype(tensors))))
 
 
 def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

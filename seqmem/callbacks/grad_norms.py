@@ -16,7 +16,16 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Diagnostic, Layout, chart, escaped, logging_step, tensorboard_writer, write_scalars
+from seqmem.callbacks.base import (
+    Diagnostic,
+    Layout,
+    chart,
+    escaped,
+    logging_step,
+    norm_dtype,
+    tensorboard_writer,
+    write_scalars,
+)
 from seqmem.views import ModuleView, view_of
 
 
@@ -32,10 +41,12 @@ def parameter_tags(pl_module: nn.Module) -> dict[str, nn.Parameter]:
 
 def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
     """L2 norm of each parameter's gradient (0 where it has none), ``grad_norm/total`` (of the parameters'
-    gradients only) and the norm of each ``derived`` gradient, on device, in float32 whatever the precision."""
+    gradients only) and the norm of each ``derived`` gradient, on device, in float32 whatever the precision (float64
+    under 64-true)."""
     derived = derived or {}
     grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
-    norms = torch._foreach_norm(grads + list(derived.values()), dtype=torch.float32)  # one batched kernel
+    tensors = grads + list(derived.values())
+    norms = torch._foreach_norm(tensors, dtype=norm_dtype(tensors))  # one batched kernel
     values = dict(zip([*params, *derived], norms, strict=True))
     values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms[: len(params)]))
     return values
