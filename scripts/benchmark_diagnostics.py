@@ -13,23 +13,30 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py \
         --config agreement --steps 2000 --repeats 3 --cpu-time
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --skip-fit --cpu-time
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --steps 2000 --repeats 3 \
+        --cpu-time --user-lm ../shared/data/tinyshakespeare/input.txt     # a user's own model (scripts/user_lm.py)
 
 Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md (probe-only runs:
 scripts/out/benchmark_diagnostics_probes.md).
 """
 
 import argparse
+import importlib
 import statistics
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
+from torch.utils.data import DataLoader
 
 from seqmem.callbacks import Diagnostic, input_sensitivity, timestep_grad_norms
 from seqmem.callbacks.probe import probe_mode
 from seqmem.cli import SeqmemCLI, run_cli
+from seqmem.configs import DEFAULTS
 from seqmem.models import MODELS
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -86,6 +93,42 @@ def build(config: str, steps: int, extra: list[str]) -> SeqmemCLI:
         *extra,
     ]
     return run_cli(args, run=False)
+
+
+def shipped_callbacks() -> list[L.Callback]:
+    """The callbacks of defaults.yaml (every diagnostic at its shipped interval, and the guard), built from it."""
+    callbacks = []
+    for entry in yaml.safe_load(DEFAULTS.read_text())["trainer"]["callbacks"]:
+        module, _, name = entry["class_path"].rpartition(".")
+        callbacks.append(getattr(importlib.import_module(module), name)(**entry.get("init_args", {})))
+    return callbacks
+
+
+def timed_user_fit(text: Path, steps: int, diagnostics: bool, clock=time.perf_counter) -> tuple[float, float]:
+    """Like :func:`timed_fit`, for a user's own model: scripts/user_lm.py's word-level LSTM LM (2 × 128, tied
+    weights, bptt 35, batch 20, vocabulary 5,000) under a plain L.Trainer with defaults.yaml's callbacks."""
+    from user_lm import Batches, WordLM, corpus  # scripts/, beside this file
+
+    torch.manual_seed(0)
+    loader = DataLoader(Batches(corpus(text, 5000), bsz=20, bptt=35), batch_size=None)
+    callbacks = [c for c in shipped_callbacks() if diagnostics or not isinstance(c, Diagnostic)]
+    watch = Stopwatch(clock)
+    for callback in callbacks:
+        if isinstance(callback, Diagnostic):
+            watch.watch(callback)
+    trainer = L.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        gradient_clip_val=0.25,
+        log_every_n_steps=10,
+        callbacks=[*callbacks, watch],
+        logger=L.pytorch.loggers.TensorBoardLogger(str(OUT / "benchmark_logs"), name="user_lm"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(WordLM(5000), loader)
+    return watch.seconds, watch.in_watched
 
 
 def timed_fit(config: str, cell: str, steps: int, diagnostics: bool, clock=time.perf_counter) -> tuple[float, float]:
@@ -150,6 +193,12 @@ def main() -> None:
     parser.add_argument("--probe-repeats", type=int, default=10, help="timings per probe measurement")
     parser.add_argument("--skip-fit", action="store_true", help="only the probe table, no overhead fits")
     parser.add_argument(
+        "--user-lm",
+        type=Path,
+        metavar="TEXT",
+        help="time a user's own model instead: scripts/user_lm.py's word LM on this text file (no probe table)",
+    )
+    parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="time fits and probes in process CPU time (little affected by other load; use with 1 thread)",
@@ -162,8 +211,12 @@ def main() -> None:
     clock = time.process_time if args.cpu_time else time.perf_counter
     lines = []
     if not args.skip_fit:
+        fits = {cell: partial(timed_fit, args.config, cell) for cell in args.cells}
+        if args.user_lm is not None:
+            fits = {"user WordLM (scripts/user_lm.py)": partial(timed_user_fit, args.user_lm)}
+        setup = "a user's WordLM, defaults.yaml's callbacks" if args.user_lm else f"{args.config}.yaml"
         lines += [
-            f"## Diagnostics overhead ({args.config}.yaml, {args.steps} steps, median of {args.repeats} on/off "
+            f"## Diagnostics overhead ({setup}, {args.steps} steps, median of {args.repeats} on/off "
             f"pairs, {torch.get_num_threads()} CPU threads, {'CPU' if args.cpu_time else 'wall'} time)",
             "",
             "In-run: the time inside the diagnostics' hooks over the rest of the same run (immune to the",
@@ -172,14 +225,14 @@ def main() -> None:
             "| cell | loop s (on) | in diagnostics s | overhead in-run | loop s (off) | ratio on / off |",
             "|---|---|---|---|---|---|",
         ]
-        for cell in args.cells:
+        for cell, timed in fits.items():
             on, inside, off = [], [], []
-            timed_fit(args.config, cell, 20, True, clock)  # warm-up fit: imports, first-use kernel setup
+            timed(20, True, clock)  # warm-up fit: imports, first-use kernel setup
             for repeat in range(args.repeats):
-                seconds, in_diagnostics = timed_fit(args.config, cell, args.steps, True, clock)
+                seconds, in_diagnostics = timed(args.steps, True, clock)
                 on.append(seconds)
                 inside.append(in_diagnostics)
-                off.append(timed_fit(args.config, cell, args.steps, False, clock)[0])
+                off.append(timed(args.steps, False, clock)[0])
                 print(
                     f"[fit {cell} {repeat + 1}/{args.repeats}] on {on[-1]:.2f}s ({inside[-1]:.2f}s in diagnostics), "
                     f"off {off[-1]:.2f}s",
@@ -191,6 +244,9 @@ def main() -> None:
                 f"| {cell} | {on_s:.2f} | {in_s:.2f} | {100 * overhead:.1f} % | {off_s:.2f} | {on_s / off_s:.3f} |"
             )
         lines.append("")
+    if args.user_lm is not None:  # the probe table is SequenceModel's
+        write_report(lines, OUT / "benchmark_diagnostics_user_lm.md")
+        return
     lines += [
         f"## One probe vs one training step on the same batch ({args.config}.yaml batch, median of "
         f"{args.probe_repeats}, {torch.get_num_threads()} CPU threads, {'CPU' if args.cpu_time else 'wall'} time)",
@@ -205,10 +261,13 @@ def main() -> None:
             f"| {cell} | {1e3 * step:.1f} | {1e3 * probe:.1f} | {probe / step:.2f} "
             f"| {1e3 * sens:.1f} | {sens / step:.2f} |"
         )
+    # A probe-only run must not overwrite the full report.
+    write_report(lines, OUT / ("benchmark_diagnostics_probes.md" if args.skip_fit else "benchmark_diagnostics.md"))
+
+
+def write_report(lines: list[str], path: Path) -> None:
     table = "\n".join(lines) + "\n"
     print(table)
-    # A probe-only run must not overwrite the full report.
-    path = OUT / ("benchmark_diagnostics_probes.md" if args.skip_fit else "benchmark_diagnostics.md")
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(table)
     print(f"wrote {path}")

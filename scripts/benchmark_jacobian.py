@@ -69,7 +69,7 @@ def costs(options: dict, args: argparse.Namespace, clock, writer: SummaryWriter)
 
     def full_probe() -> None:
         with probe_mode(model):
-            callback.probe_and_log(writer, model, probe_x, probe_y, step=0)
+            callback.probe_and_log(writer, model.diagnostic_view(), {"x": probe_x, "y": probe_y}, step=0)
 
     return tuple(median_time(fn, args.repeats, clock) for fn in (train_step, measurement, full_probe))
 
