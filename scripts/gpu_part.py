@@ -8,11 +8,14 @@ on the CPU when ``ctx.smoke``.
 
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, TextIO, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Context:
         deadline: ``time.monotonic()`` at which the part is stopped.
         threads: torch threads the part may use.
         progress: where progress lines go (the terminal, not the part's log).
+        start_method: how the part starts processes of its own (the DDP ranks): "fork" or "spawn".
     """
 
     name: str
@@ -86,7 +90,22 @@ class Context:
     deadline: float
     threads: int
     progress: TextIO
+    start_method: str = "fork"
     started: float = field(default_factory=time.monotonic)
+    failed: list[str] = field(default_factory=list)
+
+    def attempt(self, what: str, measure: Callable[[], T]) -> Optional[T]:
+        """``measure()``, or None if it raised: the failure is noted under the table, its traceback goes to the
+        part's log, and the part goes on with its next row (``failed`` lists what failed)."""
+        try:
+            return measure()
+        except Exception as error:
+            traceback.print_exc()
+            lines = str(error).strip().splitlines() or [""]
+            self.failed.append(what)
+            self.table.note(f"- {what}: failed: {type(error).__name__}: {lines[0][:300]}")
+            self.say(f"{what}: failed: {type(error).__name__}")
+            return None
 
     def say(self, message: str) -> None:
         """One progress line on the terminal: ``[part 12 s] message``."""
