@@ -44,10 +44,18 @@ OUT = Path(__file__).resolve().parent / "out"
 
 class Stopwatch(L.Callback):
     """Time of the training loop alone (no setup, no teardown), on ``clock``, and of the hooks of the
-    callbacks it is asked to :meth:`watch` within it."""
+    callbacks it is asked to :meth:`watch` within it.
 
-    def __init__(self, clock=time.perf_counter):
+    Args:
+        clock: a function returning seconds.
+        sync: called before and after each watched hook (``torch.cuda.synchronize`` on a GPU), so that a hook's
+            time holds the device work it launched and none of the training work queued before it; None: host
+            time only, which on a CPU is all there is.
+    """
+
+    def __init__(self, clock=time.perf_counter, sync=None):
         self.clock = clock
+        self.sync = sync
         self.running = False
         self.in_watched = 0.0
 
@@ -59,10 +67,14 @@ class Stopwatch(L.Callback):
 
     def _timed(self, hook):
         def timed(*args, **kwargs):
+            if self.sync is not None:
+                self.sync()
             start = self.clock()
             try:
                 return hook(*args, **kwargs)
             finally:
+                if self.sync is not None:
+                    self.sync()
                 if self.running:
                     self.in_watched += self.clock() - start
 
@@ -131,11 +143,20 @@ def timed_user_fit(text: Path, steps: int, diagnostics: bool, clock=time.perf_co
     return watch.seconds, watch.in_watched
 
 
-def timed_fit(config: str, cell: str, steps: int, diagnostics: bool, clock=time.perf_counter) -> tuple[float, float]:
+def timed_fit(
+    config: str,
+    cell: str,
+    steps: int,
+    diagnostics: bool,
+    clock=time.perf_counter,
+    extra: tuple[str, ...] = (),
+    sync=None,
+) -> tuple[float, float]:
     """Seconds of the training loop of one fit of ``cell``, with or without the Diagnostic callbacks, and
-    the seconds spent in the Diagnostic callbacks' hooks within it."""
-    cli = build(config, steps, ["--model.cell", cell])
-    watch = Stopwatch(clock)
+    the seconds spent in the Diagnostic callbacks' hooks within it (``extra``: more CLI options, such as
+    ``--trainer.accelerator gpu``; ``sync``: see :class:`Stopwatch`)."""
+    cli = build(config, steps, ["--model.cell", cell, *extra])
+    watch = Stopwatch(clock, sync)
     for callback in cli.trainer.callbacks:
         if isinstance(callback, Diagnostic):
             watch.watch(callback)

@@ -11,7 +11,8 @@ the medians over repeats.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py [--steps 40] [--repeats 3] [--threads 1]
 
-Writes scripts/out/benchmark_speed.md.
+On a GPU: ``--accelerator gpu --clock cuda [--precision bf16-mixed]`` (the baseline then runs cuDNN's kernels on
+the same device, under the same autocast; steps are timed by CUDA events). Writes scripts/out/benchmark_speed.md.
 """
 
 import argparse
@@ -51,27 +52,56 @@ def model_options(run: str) -> dict:
     return {"cell": cell, **({name: value} if option else {})}
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+HOST_CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+CLOCKS = [*HOST_CLOCKS, "cuda"]
+
+
+class StepMarks:
+    """A mark at the start of every training step; consecutive gaps are whole steps.
+
+    ``cpu`` and ``wall`` read a host clock (process CPU time, elapsed time); ``cuda`` records a CUDA event on the
+    current stream, so a gap is the device's time from one step's start to the next — the kernels and any time the
+    device waited for the host — without a synchronisation inside the loop.
+
+    Args:
+        clock: "cpu", "wall" or "cuda".
+    """
+
+    def __init__(self, clock: str):
+        self.clock = clock
+        self.marks: list = []  # seconds (host clocks) or torch.cuda.Event
+
+    def mark(self) -> None:
+        if self.clock == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(HOST_CLOCKS[self.clock]())
+
+    def median_ms(self, warmup: int) -> float:
+        """Median step time after ``warmup`` steps, in ms."""
+        marks = self.marks[warmup:]
+        if self.clock == "cuda":
+            torch.cuda.synchronize()
+            gaps = [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]  # ms
+        else:
+            gaps = [1000 * (b - a) for a, b in itertools.pairwise(marks)]
+        return statistics.median(gaps)
 
 
 class StepTimer(L.Callback):
-    """Clock reading at the start of every training batch; consecutive gaps are whole training steps.
+    """A mark at the start of every training batch.
 
     Args:
-        clock: a function returning seconds (process CPU time or wall time).
+        marks: where the marks go.
     """
 
-    def __init__(self, clock):
-        self.clock = clock
-        self.starts: list[float] = []
+    def __init__(self, marks: StepMarks):
+        self.marks = marks
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(self.clock())
-
-
-def median_step_ms(starts: list[float], warmup: int) -> float:
-    gaps = [b - a for a, b in itertools.pairwise(starts[warmup:])]
-    return 1000 * statistics.median(gaps)
+        self.marks.mark()
 
 
 def time_seqmem(cell: str, data: CopyData, args: argparse.Namespace) -> float:
@@ -84,7 +114,7 @@ def time_seqmem(cell: str, data: CopyData, args: argparse.Namespace) -> float:
         embedding_size=args.embedding,
         optimizer=partial(torch.optim.Adam, lr=1e-3),
     )
-    timer = StepTimer(CLOCKS[args.clock])
+    marks = StepMarks(args.clock)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps + 1,
         logger=False,
@@ -93,35 +123,42 @@ def time_seqmem(cell: str, data: CopyData, args: argparse.Namespace) -> float:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[timer],
-        accelerator="cpu",
+        callbacks=[StepTimer(marks)],
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
     )
     trainer.fit(model, train_dataloaders=data.train_dataloader())
-    return median_step_ms(timer.starts, args.warmup)
+    return marks.median_ms(args.warmup)
 
 
 def time_baseline(cell: str, data: CopyData, args: argparse.Namespace) -> float:
-    """Median ms per step of the same network written as a plain PyTorch training loop."""
+    """Median ms per step of the same network written as a plain PyTorch training loop (on the GPU: cuDNN's
+    kernels, the batch moved to the device every step as Lightning moves it, the same autocast)."""
     torch.manual_seed(0)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     rnn_class, rnn_args, _ = CELLS[cell]
     spec = data.spec
-    embed = nn.Embedding(spec.input_size, args.embedding)
-    rnn = rnn_class(args.embedding, args.hidden, batch_first=True, **rnn_args)
-    head = nn.Linear(args.hidden, spec.output_size)
+    embed = nn.Embedding(spec.input_size, args.embedding).to(device)
+    rnn = rnn_class(args.embedding, args.hidden, batch_first=True, **rnn_args).to(device)
+    head = nn.Linear(args.hidden, spec.output_size).to(device)
     params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    clock, starts = CLOCKS[args.clock], []
+    marks = StepMarks(args.clock)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
     for step, batch in enumerate(data.train_dataloader()):
         if step > args.warmup + args.steps:
             break
-        starts.append(clock())
-        outputs, _ = rnn(embed(batch["x"]))  # (B, T, H)
-        logits = head(outputs)  # (B, T, C)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1))
+        marks.mark()
+        x, y = (batch[key].to(device, non_blocking=True) for key in ("x", "y"))  # (B, T)
+        with autocast:
+            outputs, _ = rnn(embed(x))  # (B, T, H)
+            logits = head(outputs)  # (B, T, C)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return median_step_ms(starts, args.warmup)
+    return marks.median_ms(args.warmup)
 
 
 def machine() -> str:
@@ -146,7 +183,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     # CPU time of the process is what a step costs; unlike wall time it does not count the time this
     # process waits for a core other jobs hold, so it stays comparable on a busy machine.
-    parser.add_argument("--clock", choices=list(CLOCKS), default="cpu", help="cpu: process CPU time; wall: elapsed")
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="cpu", help="cpu: process CPU time; wall: elapsed; cuda: CUDA events"
+    )
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where both sides train")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
@@ -168,7 +209,7 @@ def main() -> None:
 
     shape = (
         f"copy task, T = {args.seq_len} + 20 steps, batch {args.batch}, hidden {args.hidden}, "
-        f"embedding {args.embedding}, Adam"
+        f"embedding {args.embedding}, Adam, {args.accelerator}, {args.precision}"
     )
     lines = [
         "# Training-step speed: seqmem (Lightning) vs plain PyTorch",
@@ -181,7 +222,7 @@ def main() -> None:
         "- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py "
         f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} "
         f"--steps {args.steps} --repeats {args.repeats} "
-        f"--threads {args.threads} --clock {args.clock}`",
+        f"--threads {args.threads} --clock {args.clock} --accelerator {args.accelerator} --precision {args.precision}`",
         "",
         "| cell | baseline | seqmem ms/step | baseline ms/step | ratio | ratio of medians | target | pass |",
         "|---|---|---:|---:|---:|---:|---:|---|",

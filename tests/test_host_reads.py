@@ -127,12 +127,16 @@ class StopRecording(L.Callback):
         self.reads.recording = False
 
 
-def quiet_reads(root: Path, args: list[str]) -> list[HostRead]:
+def quiet_reads(root: Path, args: list[str], reads: Optional[HostReads] = None) -> list[HostRead]:
     """Host reads on the quiet batches of a ``seqmem fit`` built by the real CLI (defaults.yaml: every
-    diagnostic, the guard, log_every_n_steps 10; copy.yaml's last.ckpt) with the given arguments."""
+    diagnostic, the guard, log_every_n_steps 10; copy.yaml's last.ckpt) with the given arguments.
+
+    ``reads``: the recorder, HostReads by default; scripts/gpu_check.py passes one with the same ``recording``,
+    ``batch`` and ``reads`` that records CUDA's own synchronisations instead.
+    """
     config = ["--config", str(CONFIGS / "copy.yaml"), "--trainer.default_root_dir", str(root)]
     cli = run_cli([*config, "--trainer.num_sanity_val_steps", "0", *args], run=False)
-    reads = HostReads()
+    reads = HostReads() if reads is None else reads
     quiet = QuietBatches(reads)
     callbacks = cli.trainer.callbacks
     callbacks[:] = [quiet, *callbacks, StopRecording(reads)]
