@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the suite's instruments below, and th
 
 from test_ddp import COPY, SaveRankWeights  # noqa: E402
 from test_diagnostics import LIGHTNING_TAGS  # noqa: E402
+from test_diagnostics_ddp import written_tags  # noqa: E402
 from test_host_reads import MODES, SMALL, HostRead, HostReads, quiet_reads  # noqa: E402
 
 # ---- the suite's CUDA cases ------------------------------------------------------------------------------------
@@ -197,20 +198,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def logged_events(root: Path) -> tuple[int, Counter]:
-    """How many event files lie under ``root``, and how often each (tag, step) was written in them."""
-    written: Counter = Counter()
-    files = sorted(root.rglob("events.out.tfevents.*"))
-    for path in files:
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            written.update((tag, e.step) for e in events.Scalars(tag))
-        for tag in events.Tags()["images"]:
-            written.update((tag, e.step) for e in events.Images(tag))
-    return len(files), written
-
-
 def scalars(version: Path) -> dict[str, dict[int, float]]:
     """Every scalar of one run folder as {tag: {step: value}}."""
     events = EventAccumulator(str(version), size_guidance={"scalars": 0})
@@ -244,11 +231,11 @@ def ddp(ctx: Context) -> Outcome:
             process.kill()
         raise RuntimeError(f"a DDP rank failed (exit codes {codes}); its traceback is in the part's log")
     ctx.say("2 ranks done; the 1-process fit and evaluation")
-    files, written = logged_events(root)
+    files, written = written_tags(root)
     # The reference: one process, the same 4 batches per epoch, so the same steps log, validate and end epochs.
     single = ctx.folder("single")
     run_cli(["fit", *COPY, *DDP_STEPS, *device, "--data.train_batches", "4", "--trainer.default_root_dir", str(single)])
-    _, reference = logged_events(single)
+    _, reference = written_tags(single)
     version = root / "lightning_logs" / "version_0"
     logged = scalars(version)["val/loss"]
     two_ranks = logged[max(logged)]

@@ -6,10 +6,9 @@ executing this file (a relaunched pytest would rerun the whole session).
 
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_diagnostics_ddp import written_tags
 from test_user_models import every_diagnostic, fit
 from user_models import Seq2Seq, seq2seq_data
 
@@ -17,15 +16,8 @@ from user_models import Seq2Seq, seq2seq_data
 def test_ddp_writes_every_tag_of_a_user_model_exactly_once(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    event_files = sorted(tmp_path.rglob("events.out.tfevents.*"))
-    assert len(event_files) == 1, "only rank 0 writes"
-    accumulator = EventAccumulator(str(event_files[0]), size_guidance={"scalars": 0, "images": 0})
-    accumulator.Reload()
-    logged = Counter()  # (tag, step) -> times written
-    for tag in accumulator.Tags()["scalars"]:
-        logged.update((tag, event.step) for event in accumulator.Scalars(tag))
-    for tag in accumulator.Tags()["images"]:
-        logged.update((tag, event.step) for event in accumulator.Images(tag))
+    files, logged = written_tags(tmp_path)
+    assert files == 1, "only rank 0 writes"
     ours = {key: n for key, n in logged.items() if key[0].split("/")[0] not in ("epoch", "hp_metric")}
     assert set(ours.values()) == {1}
     tags = {tag for tag, _ in ours}
