@@ -7,6 +7,7 @@ the module's weights, step by step in Python, ``retain_grad`` on every h_t — a
 """
 
 import copy
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -748,3 +749,21 @@ def test_a_hand_written_loop_writes_the_callbacks_tags_and_numbers(tmp_path: Pat
     assert set(sensitivity_curves(loop_model, first, loss_fn)) == {"lstm/", "lstm/reverse/"}
     assert lyapunov_spectrum(loop_model, first, loss_fn, k=2)["lstm/layer1"][0].shape == (2,)
     assert all(p.grad is not None for p in loop_model.parameters())  # the loop's own gradients, kept
+
+
+def test_a_probe_loss_is_given_by_import_path_through_the_cli(workdir: Path) -> None:
+    probes = [
+        {"class_path": "seqmem.callbacks.TimestepGradients", "init_args": {"every_n_steps": 1, "probe_batch_size": 4}},
+        {
+            "class_path": "seqmem.callbacks.TimestepGradients",
+            "init_args": {"every_n_steps": 1, "probe_batch_size": 4, "loss_fn": "user_models.final_loss_times_two"},
+        },
+    ]
+    args = "--config adding --data.seq_len 6 --model.hidden_size 4 --trainer.max_steps 1".split()
+    for name, probe in zip(("default", "twice"), probes, strict=True):
+        run_cli(fit_args(workdir / name, *args, "--trainer.callbacks", json.dumps([probe])))
+    default, twice = (
+        events(workdir / n / "lightning_logs" / "version_0").Scalars("grad_time/layer0/final")
+        for n in ("default", "twice")
+    )
+    assert twice[0].value == pytest.approx(2 * default[0].value, rel=1e-6)

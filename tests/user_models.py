@@ -177,3 +177,9 @@ def tagger_data(n: int = 8, length: int = 7, seed: int = 0) -> DataLoader:
 def regression_data(n: int = 8, length: int = 9, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return loader(torch.rand(n, length, 3, generator=g), torch.rand(n, generator=g))
+
+
+def final_loss_times_two(model, batch):
+    """A probe loss given by import path: twice a SequenceModel's loss (its dL/dh_t are twice the default's)."""
+    pred, _ = model(batch["x"])
+    return 2 * model.loss(pred, batch["y"])

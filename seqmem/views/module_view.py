@@ -29,7 +29,7 @@ from seqmem.views.find import find_recurrences, no_recurrence
 from seqmem.views.recurrence import Recurrence
 
 #: A probe loss: (model, batch) -> scalar tensor.
-LossFn = Callable[[nn.Module, Any], Tensor]
+LossFn = Callable[[nn.Module, Any], Any]  # returns the scalar loss tensor (Any: the CLI takes any function by path)
 
 
 @contextmanager
