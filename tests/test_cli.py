@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
+from conftest import CONFIGS, HUB_CORPUS, HUB_SPLITS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
 
 from seqmem.cli import main, run_cli
 from seqmem.models import MODELS, OrthogonalRNN
@@ -101,6 +101,25 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     assert list((workdir / "lightning_logs").glob("version_0/events.out.tfevents.*"))
 
 
+def test_lm_config_reads_its_hub_corpus_offline_from_the_cache(workdir, hub_cache):
+    # No data.path: lm.yaml's Hub dataset through the real datasets loader, from a cached copy (HF offline).
+    args = [*TINY, *TASK_ARGS["lm"], "--data.cache_dir", str(hub_cache)]
+    args += "--trainer.max_steps 2 --trainer.limit_val_batches 1 --trainer.val_check_interval 2".split()
+    cli = run_cli(fit_args(workdir, "--config", "lm", *args))
+    data = cli.datamodule
+    assert (data.hparams.path, data.hparams.hub_dataset, data.hparams.hub_config) == (None, HUB_CORPUS, None)
+    assert data.vocab == sorted(set(HUB_SPLITS["train"]))
+    decode = lambda ids: "".join(data.vocab[i] for i in ids.tolist())  # noqa: E731
+    for split, loader in (("train", data.train_dataloader), ("validation", data.val_dataloader)):
+        stream_len = len(HUB_SPLITS[split]) // 4  # data.batch_size 4 contiguous streams
+        first = next(iter(loader()))["x"]  # (4, 8)
+        assert [decode(row) for row in first] == [HUB_SPLITS[split][s * stream_len :][:8] for s in range(4)]
+    counts = Counter(HUB_SPLITS["train"])
+    entropy = -sum(n / len(HUB_SPLITS["train"]) * math.log(n / len(HUB_SPLITS["train"])) for n in counts.values())
+    assert cli.model.task.baseline == pytest.approx(entropy)
+    assert cli.trainer.global_step == 2
+
+
 @pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_parses_and_prints(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -137,7 +156,9 @@ def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
     # The shared defaults reach every task: the diagnostics, in order, with the guard last.
     diagnostics = "GradientNorms ClippingEvents RecurrentSpectrum TimestepGradients InputSensitivity JacobianSpectrum"
-    seqmem_callbacks = [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem")]
+    seqmem_callbacks = [
+        type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem.callbacks")
+    ]
     assert seqmem_callbacks == [*diagnostics.split(), "NonFiniteGuard"]
     assert cli.trainer.log_every_n_steps == 10
 
@@ -148,7 +169,7 @@ def test_shared_defaults_give_way_to_the_command_line(workdir):
         run=False,
     )
     assert cli.trainer.log_every_n_steps == 3
-    assert not any(type(c).__module__.startswith("seqmem") for c in cli.trainer.callbacks)
+    assert not any(type(c).__module__.startswith("seqmem.callbacks") for c in cli.trainer.callbacks)
 
 
 def test_readme_overrides_apply(workdir):
