@@ -450,3 +450,27 @@ def test_predict_writes_the_test_split_predictions_to_the_run_folder(copy_checkp
     model = SequenceModel.load_from_checkpoint(copy_checkpoint).eval()
     with torch.no_grad():
         assert torch.equal(written["pred"], model(batch["x"])[0].argmax(dim=-1))  # (B, T) class ids
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at module level or inside a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+    return found
+
+
+def test_imports_run_one_way_from_the_command_to_the_sweep_and_the_lightning_cli():
+    # seqmem.cli imports the sweep and the LightningCLI; nothing in the package imports seqmem.cli back.
+    package = REPO_ROOT / "seqmem"
+    for path in package.rglob("*.py"):
+        if path.name != "cli.py" or path.parent != package:
+            assert not {"seqmem.cli", "seqmem.cli.main"} & imported_modules(path), path
+    cli = imported_modules(package / "cli.py")
+    assert "seqmem.lightning_cli" in cli and "seqmem.sweep" in cli
+    assert not any(m.startswith("seqmem.sweep") for m in imported_modules(package / "lightning_cli.py"))
