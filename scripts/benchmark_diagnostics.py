@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 
 from seqmem.callbacks import Diagnostic, input_sensitivity, timestep_grad_norms
 from seqmem.callbacks.probe import probe_mode
-from seqmem.cli import SeqmemCLI, run_cli
 from seqmem.configs import DEFAULTS
+from seqmem.lightning_cli import SeqmemCLI, run_cli
 from seqmem.models import MODELS
 
 OUT = Path(__file__).resolve().parent / "out"

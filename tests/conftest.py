@@ -2,6 +2,7 @@
 every tensor-level test runs on."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,53 @@ def shakespeare(shared_data: Path) -> Path:
 def lm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One `datasets` cache for every lm run of the session: the corpus is converted once, not per test."""
     return tmp_path_factory.mktemp("lm_cache")
+
+
+#: What the shipped lm.yaml loads from the Hub when data.path is not set.
+HUB_CORPUS = "karpathy/tiny_shakespeare"
+
+
+def cache_hub_copy(cache_dir: Path, name: str, splits: dict[str, str]) -> Path:
+    """``cache_dir`` holding the Hub dataset ``name`` as ``datasets`` keeps one it has downloaded, so that an offline
+    ``load_dataset(name, cache_dir=cache_dir)`` reads it: each split one row of a "text" column, as
+    karpathy/tiny_shakespeare is published (parquet files, one configuration, "default").
+
+    Built by ``datasets``' own parquet builder, then moved where the cache of a Hub dataset lives
+    (``<namespace>___<name>/default/0.0.0/<revision>/``, files ``<name>-<split>.arrow``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    source = cache_dir / "source"
+    source.mkdir(parents=True)
+    for split, text in splits.items():
+        pq.write_table(pa.table({"text": [text]}), source / f"{split}.parquet")
+    namespace, dataset = name.split("/")
+    files = {split: str(source / f"{split}.parquet") for split in splits}
+    builder = Parquet(cache_dir=str(cache_dir / "build"), dataset_name=dataset, config_name="default", data_files=files)
+    builder.download_and_prepare()
+    cached = cache_dir / f"{namespace}___{dataset}" / "default" / "0.0.0" / ("0" * 40)
+    cached.parent.mkdir(parents=True)
+    shutil.move(builder.cache_dir, cached)
+    shutil.rmtree(cache_dir / "build")
+    shutil.rmtree(source)
+    return cache_dir
+
+
+#: A small corpus for the Hub copy: three pangrams, one per split (every character of the held-out splits is in train).
+HUB_SPLITS = {
+    "train": "the quick brown fox jumps over the lazy dog\n" * 150,
+    "validation": "pack my box with five dozen liquor jugs\n" * 40,
+    "test": "sphinx of black quartz judge my vow\n" * 40,
+}
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``data.cache_dir`` holding a copy of the Hub corpus of lm.yaml (:data:`HUB_CORPUS`, its text
+    :data:`HUB_SPLITS`): the Hub loading path runs offline, everywhere."""
+    return cache_hub_copy(tmp_path_factory.mktemp("hub_cache"), HUB_CORPUS, HUB_SPLITS)
 
 
 def fit_args(root: Path, *args: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
+from conftest import CONFIGS, HUB_CORPUS, HUB_SPLITS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
 
 from seqmem.cli import main, run_cli
 from seqmem.models import MODELS, OrthogonalRNN
@@ -59,7 +59,9 @@ def test_every_cell_is_a_cli_choice():
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, shakespeare, lm_cache):
+def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, lm_cache, request):
+    # Only lm needs the corpus (and skips without it); the other tasks run in a clone with nothing beside it.
+    shakespeare = request.getfixturevalue("shakespeare") if task == "lm" else None
     extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(lm_cache)] if task == "lm" else []
     cli = run_cli(
         fit_args(
@@ -101,6 +103,25 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, sh
     assert list((workdir / "lightning_logs").glob("version_0/events.out.tfevents.*"))
 
 
+def test_lm_config_reads_its_hub_corpus_offline_from_the_cache(workdir, hub_cache):
+    # No data.path: lm.yaml's Hub dataset through the real datasets loader, from a cached copy (HF offline).
+    args = [*TINY, *TASK_ARGS["lm"], "--data.cache_dir", str(hub_cache)]
+    args += "--trainer.max_steps 2 --trainer.limit_val_batches 1 --trainer.val_check_interval 2".split()
+    cli = run_cli(fit_args(workdir, "--config", "lm", *args))
+    data = cli.datamodule
+    assert (data.hparams.path, data.hparams.hub_dataset, data.hparams.hub_config) == (None, HUB_CORPUS, None)
+    assert data.vocab == sorted(set(HUB_SPLITS["train"]))
+    decode = lambda ids: "".join(data.vocab[i] for i in ids.tolist())  # noqa: E731
+    for split, loader in (("train", data.train_dataloader), ("validation", data.val_dataloader)):
+        stream_len = len(HUB_SPLITS[split]) // 4  # data.batch_size 4 contiguous streams
+        first = next(iter(loader()))["x"]  # (4, 8)
+        assert [decode(row) for row in first] == [HUB_SPLITS[split][s * stream_len :][:8] for s in range(4)]
+    counts = Counter(HUB_SPLITS["train"])
+    entropy = -sum(n / len(HUB_SPLITS["train"]) * math.log(n / len(HUB_SPLITS["train"])) for n in counts.values())
+    assert cli.model.task.baseline == pytest.approx(entropy)
+    assert cli.trainer.global_step == 2
+
+
 @pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_parses_and_prints(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -127,8 +148,8 @@ def assert_subset(shipped, printed, where: str = "config") -> None:
 
 
 @pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
-def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
-    extra = ["--data.path", str(shakespeare), "--data.cache_dir", str(lm_cache)] if config.stem == "lm" else []
+def test_shipped_config_instantiates(config, workdir, hub_cache):
+    extra = ["--data.cache_dir", str(hub_cache)] if config.stem == "lm" else []  # lm.yaml's Hub corpus, offline
     cli = run_cli(["--config", str(config), "--trainer.default_root_dir", str(workdir), *extra], run=False)
     spec = cli.datamodule.spec
     # The link carries the task into the model: sizes are never copied by hand.
@@ -137,7 +158,9 @@ def test_shipped_config_instantiates(config, workdir, shakespeare, lm_cache):
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
     # The shared defaults reach every task: the diagnostics, in order, with the guard last.
     diagnostics = "GradientNorms ClippingEvents RecurrentSpectrum TimestepGradients InputSensitivity JacobianSpectrum"
-    seqmem_callbacks = [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem")]
+    seqmem_callbacks = [
+        type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("seqmem.callbacks")
+    ]
     assert seqmem_callbacks == [*diagnostics.split(), "NonFiniteGuard"]
     assert cli.trainer.log_every_n_steps == 10
 
@@ -148,7 +171,7 @@ def test_shared_defaults_give_way_to_the_command_line(workdir):
         run=False,
     )
     assert cli.trainer.log_every_n_steps == 3
-    assert not any(type(c).__module__.startswith("seqmem") for c in cli.trainer.callbacks)
+    assert not any(type(c).__module__.startswith("seqmem.callbacks") for c in cli.trainer.callbacks)
 
 
 def test_readme_overrides_apply(workdir):
@@ -427,3 +450,27 @@ def test_predict_writes_the_test_split_predictions_to_the_run_folder(copy_checkp
     model = SequenceModel.load_from_checkpoint(copy_checkpoint).eval()
     with torch.no_grad():
         assert torch.equal(written["pred"], model(batch["x"])[0].argmax(dim=-1))  # (B, T) class ids
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at module level or inside a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+    return found
+
+
+def test_imports_run_one_way_from_the_command_to_the_sweep_and_the_lightning_cli():
+    # seqmem.cli imports the sweep and the LightningCLI; nothing in the package imports seqmem.cli back.
+    package = REPO_ROOT / "seqmem"
+    for path in package.rglob("*.py"):
+        if path.name != "cli.py" or path.parent != package:
+            assert not {"seqmem.cli", "seqmem.cli.main"} & imported_modules(path), path
+    cli = imported_modules(package / "cli.py")
+    assert "seqmem.lightning_cli" in cli and "seqmem.sweep" in cli
+    assert not any(m.startswith("seqmem.sweep") for m in imported_modules(package / "lightning_cli.py"))

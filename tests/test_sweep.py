@@ -15,6 +15,7 @@ from seqmem.cli import main, run_cli
 from seqmem.configs import SWEEP_CONFIGS
 from seqmem.errors import ConfigError
 from seqmem.sweep import Spread, TrialRow, load_sweep, run_sweep, summarise
+from seqmem.sweep.config import parse_overrides, with_overrides
 from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
@@ -103,14 +104,17 @@ def test_shipped_sweep_parses():
 
 
 @pytest.mark.parametrize("name", SWEEP_CONFIGS)
-def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path):
+def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path, hub_cache):
     # Each label of each axis at least once (the seed axis changes nothing the CLI checks): a wrong option
     # or a value a cell does not take (model.activation on the LSTM) must fail here, not hours into a sweep.
     sweep = load_sweep(name)
+    # lm's corpus comes from the Hub: here from a cached copy, offline (a shipped sweep names no local file).
+    cache = ["--data.cache_dir", str(hub_cache)] if sweep.base.stem == "lm" else []
     labels = [list(axis.points) for axis in sweep.axes]
     for i in range(max(map(len, labels))):
         point = {axis.key: values[i % len(values)] for axis, values in zip(sweep.axes, labels, strict=True)}
-        cli = run_cli(fit_args(sweep, point, tmp_path, gpus=0, resume=None)[1:], run=False)  # [1:]: no "fit"
+        args = fit_args(sweep, point, tmp_path, gpus=0, resume=None)[1:]  # [1:]: no "fit"
+        cli = run_cli([*args, *cache], run=False)
         assert cli.trainer.max_steps == sweep.budget
         for key, value in sweep.trial_options(point).items():
             group, option = key.split(".", 1) if "." in key else ("", key)
@@ -366,3 +370,84 @@ def test_a_trial_larger_than_the_cluster_is_refused_before_anything_is_written(l
         "seqmem: error: --threads 3: the Ray cluster has 2 CPUs, fewer than one trial asks for"
     )
     assert not (tmp_path / "out").exists()
+
+
+# ---- options from the command line: --set -----------------------------------------------------------------------
+
+
+def test_set_options_are_yaml_values_over_the_configs_set_and_part_of_each_trials_definition(tmp_path):
+    sweep = load_sweep(str(write_config(tmp_path)))
+    overrides = parse_overrides(["data.path=input.txt", "model.hidden_size=16", "data.cache_dir=null", "x.y=[1, 2]"])
+    assert overrides == {"data.path": "input.txt", "model.hidden_size": 16, "data.cache_dir": None, "x.y": [1, 2]}
+    changed = with_overrides(sweep, {"model.hidden_size": 16})
+    point = sweep.points()[0]
+    sizes = [s.trial_options(point)["model.hidden_size"] for s in (changed, sweep)]
+    assert sizes == [16, 8]  # --set over the config's set (8)
+    assert changed.definition(point) != sweep.definition(point)
+    assert ["--model.hidden_size", "16"] == fit_args(changed, point, tmp_path, 0, None)[3:5]  # after --config base
+    # A run folder made with other --set options is not reused.
+    run_dir = tmp_path / "out" / sweep.trial_name(point)
+    run_dir.mkdir(parents=True)
+    (run_dir / "trial.json").write_text(json.dumps(sweep.definition(point)))
+    with pytest.raises(TrialError, match=r"holds a run with another options: delete that folder"):
+        run_trial(point, changed, str(tmp_path / "out"), str(tmp_path), threads=1, gpus=0)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("data.path", "sweep --set takes key=value (e.g. --set data.path=input.txt), got 'data.path'"),
+        ("trainer.max_steps=5", "sweep --set: trainer.max_steps is set by the sweep (set budget instead)"),
+        ("--model.cell=gru", "sweep --set: option '--model.cell' must be a dotted option name"),
+        ("model.hidden_size=[1", "sweep --set model.hidden_size: '[1' is not a YAML value"),
+        ("seed_everything=3", "sweep --set seed_everything: set by the grid axis seed_everything (edit the grid"),
+        ("data.pth=input.txt", "sweep: the options of every trial (set and --set: model.hidden_size, data.seq_len"),
+    ],
+)
+def test_a_bad_set_option_is_one_line_before_anything_is_written(item, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), f"--set={item}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"seqmem: error: {message}"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_help_documents_set(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "--set KEY=VALUE" in capsys.readouterr().out
+
+
+# ---- a full disk: the trial's one line, and the same command continues ------------------------------------------
+
+
+def test_a_trial_on_a_full_disk_is_an_error_with_its_line_and_the_same_command_continues(
+    local_ray, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # tests.faults, as the Ray workers see it
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    callback = {"class_path": "tests.faults.FullDisk", "init_args": {"after": 3, "marker": str(full)}}
+    config = write_config(tmp_path, budget=6, grid={"seed_everything": [0]}, record={}, curves={})
+    command = ["sweep", str(config), "--out", str(tmp_path / "out"), "--set", "checkpoint.every_n_train_steps=2"]
+    command += ["--set", f"trainer.callbacks+={json.dumps(callback)}"]  # the disk fills from step 3 on
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 1
+    run = tmp_path / "out" / "seed=0"
+    expected = (
+        f"cannot write {str(run / 'checkpoints' / 'epoch=0-step=4.ckpt')!r}: No space left on device [ENOSPC]; the "
+        f"last good checkpoint {str(run / 'checkpoints' / 'last.ckpt')!r} (step 2) is intact: resume with --ckpt_path "
+        "last"
+    )
+    assert f"[1/1] seed=0: error: {expected}" in capsys.readouterr().out.splitlines()
+    (trial,) = read_csv(tmp_path / "out" / "trials.csv")
+    assert (trial["status"], trial["error"]) == ("error", expected)
+    full.unlink()  # room again: the same command resumes the trial from its last good checkpoint
+    main(command)  # every trial finished: no SystemExit
+    (trial,) = read_csv(tmp_path / "out" / "trials.csv")
+    assert (trial["status"], trial["steps"]) == ("not solved", "6")
+    assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last.ckpt'}" in (
+        (run / "train.log").read_text()
+    )

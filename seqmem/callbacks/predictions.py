@@ -9,6 +9,9 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from seqmem.atomic import replaced
+from seqmem.errors import WriteError
+
 PREDICTIONS_FILE = "predictions.pt"
 
 
@@ -17,7 +20,8 @@ class PredictionWriter(L.Callback):
 
     The file is a ``torch.save`` dict: ``"task"`` (the task's name), ``"x"`` (inputs), ``"y"`` (targets) and
     ``"pred"`` (class ids, the argmax, for a classification task; values for regression), each the batches of the
-    test split concatenated along dim 0, in order — one row per sequence (lm: per stream window).
+    test split concatenated along dim 0, in order — one row per sequence (lm: per stream window). The file is
+    written atomically (:mod:`seqmem.atomic`); one that cannot be is a :class:`~seqmem.errors.WriteError`.
     """
 
     def __init__(self):
@@ -45,7 +49,11 @@ class PredictionWriter(L.Callback):
         if not trainer.is_global_zero or not self.batches:
             return
         merged = {key: torch.cat([batch[key] for batch in self.batches]) for key in ("x", "y", "pred")}
-        run_folder.mkdir(parents=True, exist_ok=True)
         path = run_folder / PREDICTIONS_FILE
-        torch.save({"task": pl_module.task.name, **merged}, path)
+        try:
+            run_folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WriteError.of(error, run_folder) from error
+        with replaced(path) as file:  # whole or not at all: a full disk leaves an earlier file as it was
+            torch.save({"task": pl_module.task.name, **merged}, file)
         print(f"seqmem: predictions for the test split written to {path}", file=sys.stderr)

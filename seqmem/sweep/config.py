@@ -27,6 +27,7 @@ axis values, ``model=lstm_fb3,data.distance=30,seed=0`` (the seed axis shows as 
 draws no data, so its seed axis is ``seed_everything``.
 """
 
+import dataclasses
 import itertools
 import json
 import re
@@ -200,7 +201,7 @@ def parse_sweep(raw: Any, path: Path) -> Sweep:
     require(isinstance(stop, bool), f"sweep config: stop_when_solved must be true or false, got {stop!r}")
     options = raw.get("set") or {}
     require(isinstance(options, dict), f"sweep config: set must be a mapping of options to values, got {options!r}")
-    check_options(options, "set")
+    check_options(options, "sweep config: set")
     grid = raw["grid"]
     require(isinstance(grid, dict) and grid, "sweep config: grid must be a non-empty mapping of axes")
     axes = tuple(parse_axis(key, values) for key, values in grid.items())
@@ -224,14 +225,49 @@ def parse_sweep(raw: Any, path: Path) -> Sweep:
 
 
 def check_options(options: dict, where: str) -> None:
-    """Option keys are dotted ``seqmem fit`` options, not ones the sweep sets itself."""
+    """Option keys are dotted ``seqmem fit`` options, not ones the sweep sets itself; ``where`` begins the error
+    line (``sweep config: set``)."""
     for key in options:
         require(
             isinstance(key, str) and key and not key.startswith("-"),
-            f"sweep config: {where}: option {key!r} must be a dotted option name such as model.cell (no leading --)",
+            f"{where}: option {key!r} must be a dotted option name such as model.cell (no leading --)",
         )
         reserved = next((k for k in RESERVED if key == k or key.startswith(k + ".")), None)
-        require(reserved is None, f"sweep config: {where}: {key} is set by the sweep ({RESERVED.get(reserved)})")
+        require(reserved is None, f"{where}: {key} is set by the sweep ({RESERVED.get(reserved)})")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``seqmem sweep --set key=value`` (repeatable): {key: value}, each value read as YAML, as in ``set``
+    (``--set data.path=input.txt``, ``--set model.hidden_size=64``, ``--set data.path=null``); a key given twice
+    takes its last value.
+
+    Raises:
+        ConfigError: an item without ``=``, a value that is not YAML, or a key the sweep sets itself.
+    """
+    overrides = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        require(equals == "=", f"sweep --set takes key=value (e.g. --set data.path=input.txt), got {quote(item)}")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"sweep --set {key}: {quote(text)} is not a YAML value ({error.problem})") from None
+    check_options(overrides, "sweep --set")
+    return overrides
+
+
+def with_overrides(sweep: "Sweep", overrides: dict[str, Any]) -> "Sweep":
+    """``sweep`` with ``overrides`` (``seqmem sweep --set``) over its ``set`` options, for every trial.
+
+    Raises:
+        ConfigError: an override of an option a grid axis sets (the axis's points would all be the same trial).
+    """
+    for axis in sweep.axes:
+        for key in overrides:
+            taken = any(key in options for options in axis.points.values())
+            require(not taken, f"sweep --set {key}: set by the grid axis {axis.key} (edit the grid instead)")
+    return dataclasses.replace(sweep, options={**sweep.options, **overrides})
 
 
 def parse_axis(key: Any, values: Any) -> Axis:
@@ -249,7 +285,7 @@ def parse_axis(key: Any, values: Any) -> Axis:
         if key == "seed":
             # A new seed is a new run: new weights (seed_everything) and a new data stream (data.seed).
             return Axis(key, {v: {"seed_everything": v, "data.seed": v} for v in values}, bundle=False)
-        check_options({key: None}, f"grid.{key}")
+        check_options({key: None}, f"sweep config: grid.{key}")
         return Axis(key, {value: {key: value} for value in values}, bundle=False)
     require(
         isinstance(values, dict) and values,
@@ -260,7 +296,7 @@ def parse_axis(key: Any, values: Any) -> Axis:
             isinstance(options, dict),
             f"sweep config: grid.{key}.{label} must be a mapping of options ({{model.cell: lstm}}), got {options!r}",
         )
-        check_options(options, f"grid.{key}.{label}")
+        check_options(options, f"sweep config: grid.{key}.{label}")
     return Axis(key, dict(values), bundle=True)
 
 

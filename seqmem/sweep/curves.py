@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: write PNGs, never open a window
 import matplotlib.pyplot as plt
 
+from seqmem.atomic import replaced
 from seqmem.sweep.config import Sweep
 from seqmem.sweep.events import read_scalars
 from seqmem.sweep.summary import FINISHED, TrialRow
@@ -58,5 +59,6 @@ def plot_curves(path: Path, out: Path, rows: list[TrialRow], sweep: Sweep) -> No
         ax.legend(fontsize=7)
     fig.suptitle(f"{sweep.path.stem}: median over seeds, band min–max", fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replaced(path) as file:  # whole or not at all
+        fig.savefig(file, format="png", dpi=120)
     plt.close(fig)

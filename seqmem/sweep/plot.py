@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: write PNGs, never open a window
 import matplotlib.pyplot as plt
 
+from seqmem.atomic import replaced
 from seqmem.sweep.config import Sweep
 from seqmem.sweep.summary import FINISHED, ConfigSummary, TrialRow
 
@@ -89,5 +90,6 @@ def plot_summary(path: Path, rows: list[TrialRow], summaries: list[ConfigSummary
         ax.set_ylabel(f"final {metric} (median, min–max; dots: seeds)")
     ax.set_title(f"{sweep.path.stem}: {'steps to solve' if by_steps else 'final ' + metric}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replaced(path) as file:  # whole or not at all
+        fig.savefig(file, format="png", dpi=120)
     plt.close(fig)

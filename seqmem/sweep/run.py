@@ -4,6 +4,7 @@
     seqmem sweep my.yaml --out sweeps/mine --threads 2   # 2 torch threads (and 2 reserved CPUs) per trial
     seqmem sweep my.yaml --address auto                  # on a running Ray cluster (`ray start --head`)
     seqmem sweep my.yaml --gpus-per-trial 0.5            # two trials share each GPU
+    seqmem sweep charlm-quick --set data.path=input.txt  # an option of every trial, over the config's set
     tensorboard --logdir lightning_logs/sweeps/agreement
 
 The sweep folder (``--out``, default ``lightning_logs/sweeps/<config name>``) holds a copy of the config
@@ -11,8 +12,14 @@ The sweep folder (``--out``, default ``lightning_logs/sweeps/<config name>``) ho
 ``result.json``), ``trials.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` (and ``curves.png``
 when the config lists ``curves``), and Ray Tune's own
 experiment state in ``ray/``. Running the same command again (after Ctrl-C, say) skips finished trials,
-resumes interrupted ones from their last checkpoint and retries the ones that ended with an error; a run
-folder made with other options is never reused.
+resumes interrupted ones from their last checkpoint and retries the ones that ended with an error (a file a
+trial could not write, a full disk say, is its error: one line naming the file and the cause; its last good
+checkpoint is kept, and the next run resumes from it); a run folder made with other options is never reused.
+
+``--set KEY=VALUE`` (repeatable) sets an option of every trial, as the config's ``set`` does and over it; the
+value is read as YAML (``--set data.path=null``, ``--set model.hidden_size=64``). It is part of each trial's
+definition, so running again with other ``--set`` options never reuses a run folder; a key the sweep sets
+itself or a grid axis sets, or one ``seqmem fit`` does not take, is refused before anything starts.
 
 Without ``--address`` Ray starts on this machine alone (no dashboard, nothing to set up) and stops at
 the end. Every trial reserves ``--threads`` CPUs and runs torch on exactly that many threads, so a
@@ -23,7 +30,6 @@ as the CPUs (and ``--gpus-per-trial``) allow, at most ``--max-concurrent``.
 import argparse
 import logging
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NoReturn, Optional
@@ -33,14 +39,15 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 import seqmem
-from seqmem.errors import ConfigError, require
+from seqmem.atomic import copy_file
+from seqmem.errors import ConfigError, WriteError, fail, require, shorten
 from seqmem.sweep import config
-from seqmem.sweep.config import Sweep, load_sweep
+from seqmem.sweep.config import Sweep, load_sweep, parse_overrides, with_overrides
 from seqmem.sweep.curves import plot_curves
 from seqmem.sweep.plot import plot_summary
 from seqmem.sweep.progress import Progress
 from seqmem.sweep.summary import TrialRow, summarise, write_summary, write_trials_csv
-from seqmem.sweep.trial import error_message, run_trial
+from seqmem.sweep.trial import error_message, option_args, run_trial
 
 
 def run_sweep(
@@ -88,9 +95,12 @@ def run_sweep(
             gpus_per_trial <= resources.get("GPU", 0),
             f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs",
         )
-        out.mkdir(parents=True, exist_ok=True)  # only now: a refused sweep writes nothing
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # only now: a refused sweep writes nothing
+        except OSError as error:
+            raise WriteError.of(error, out) from error
         if sweep.path != (out / "sweep.yaml").resolve():
-            shutil.copyfile(sweep.path, out / "sweep.yaml")
+            copy_file(sweep.path, out / "sweep.yaml")
         trainable = tune.with_parameters(
             run_trial, sweep=sweep, out=str(out), cwd=os.getcwd(), threads=threads, gpus=gpus_per_trial
         )
@@ -181,6 +191,36 @@ def _quiet_ray_reports() -> Iterator[None]:
             logger.removeFilter(drop)
 
 
+def check_shared_options(sweep: Sweep) -> None:
+    """Refuse, before any trial starts, options that every trial would fail to parse (a misspelt key in ``set``
+    or ``--set``, a value of the wrong type); a grid point's own bad options are that trial's error, as ever.
+
+    Parsed together with the first grid point's options (a bundle may switch the task, whose options ``set``
+    then names); only when the point alone parses are the shared options at fault.
+
+    Raises:
+        ConfigError: naming the options and seqmem fit's reason.
+    """
+    from argparse import ArgumentError
+
+    from seqmem.lightning_cli import check_fit_options  # torch and Lightning: imported once the config is read
+
+    if not sweep.options:
+        return
+    own = {key: value for axis in sweep.axes for key, value in next(iter(axis.points.values())).items()}
+    base = ["--config", str(sweep.base)]
+    try:
+        check_fit_options([*base, *option_args({**sweep.options, **own})])
+    except ArgumentError as error:
+        try:
+            check_fit_options([*base, *option_args(own)])
+        except ArgumentError:
+            return  # the grid point is at fault: its trial reports it
+        keys = ", ".join(sweep.options)
+        reason = shorten(" ".join(str(error).split()), limit=300)
+        raise ConfigError(f"sweep: the options of every trial (set and --set: {keys}) do not parse: {reason}") from None
+
+
 def write_outputs(out: Path, rows: list[TrialRow], sweep: Sweep) -> None:
     """trials.csv, summary.csv, summary.md and summary.png; the summary is printed too."""
     summaries = summarise(rows, [axis.name for axis in sweep.config_axes], [r.name for r in sweep.record])
@@ -197,17 +237,12 @@ def write_outputs(out: Path, rows: list[TrialRow], sweep: Sweep) -> None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        _fail(f"sweep: {message} (see seqmem sweep --help)")
-
-
-def _fail(message: str) -> NoReturn:
-    from seqmem.cli import _fail as fail  # imported late: seqmem.cli imports this module on demand
-
-    fail(message)
+        fail(f"sweep: {message} (see seqmem sweep --help)")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``seqmem sweep CONFIG [--out DIR] [--threads N] [--max-concurrent N] [--address ADDR] [--gpus-per-trial F]``."""
+    """``seqmem sweep CONFIG [--out DIR] [--threads N] [--max-concurrent N] [--address ADDR] [--gpus-per-trial F]
+    [--set KEY=VALUE ...]``."""
     parser = _Parser(
         prog="seqmem sweep",
         description=__doc__,
@@ -220,6 +255,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as fit)")
     parser.add_argument("--address", help="join this Ray cluster (auto, or host:port) instead of starting one")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU share of each trial in (0, 1]; 0: CPU")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of every trial, over the config's set (repeatable; the value is read as YAML): "
+        "--set data.path=input.txt --set model.hidden_size=64",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
@@ -228,11 +271,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not 0 <= args.gpus_per_trial <= 1:
         parser.error(f"--gpus-per-trial must be in [0, 1] (one trial trains on one GPU), got {args.gpus_per_trial:g}")
     try:
-        sweep = load_sweep(args.config)
+        sweep = with_overrides(load_sweep(args.config), parse_overrides(args.set))
+        check_shared_options(sweep)
         out = args.out or Path("lightning_logs") / "sweeps" / sweep.path.stem
         rows = run_sweep(sweep, out, args.threads, args.max_concurrent, args.address, args.gpus_per_trial)
-    except ConfigError as error:
-        _fail(str(error))
+    except (ConfigError, WriteError) as error:  # bad input, or a file of the sweep it could not write
+        fail(str(error))
     errors = sum(row.status == "error" for row in rows)
     unfinished = sum(row.status == "unfinished" for row in rows)
     if unfinished:

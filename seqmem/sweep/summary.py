@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from seqmem.atomic import replaced, write_text
 from seqmem.sweep.config import Sweep
 
 FINISHED = ("solved", "not solved", "diverged", "no criterion")
@@ -179,7 +180,7 @@ def write_trials_csv(path: Path, rows: list[TrialRow], sweep: Sweep) -> None:
     axes = [axis.name for axis in sweep.axes]
     records = [record.name for record in sweep.record]
     header = ["name", *axes, "status", "steps_to_solve", "steps", "metric", "final", "seconds", *records, "error"]
-    with open(path, "w", newline="") as file:
+    with replaced(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for r in rows:
@@ -203,7 +204,7 @@ def write_summary(out: Path, summaries: list[ConfigSummary], sweep: Sweep, metri
     """``summary.csv`` (numbers; steps empty where not solved) and ``summary.md``; returns the markdown."""
     axes = [axis.name for axis in sweep.config_axes]
     records = [record.name for record in sweep.record]
-    with open(out / "summary.csv", "w", newline="") as file:
+    with replaced(out / "summary.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(
             [
@@ -247,7 +248,7 @@ def write_summary(out: Path, summaries: list[ConfigSummary], sweep: Sweep, metri
         recorded = ["—" if s.record[n] is None else f"{s.record[n]:.4g}" for n in records]
         lines.append(f"| {' | '.join([*(str(s.values[a]) for a in axes), solved, *steps, final, *recorded])} |")
     table = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(table)
+    write_text(out / "summary.md", table)
     return table
 
 

@@ -20,12 +20,14 @@ import shutil
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ray import tune
 
+from seqmem.atomic import write_text
+from seqmem.errors import WriteError, error_line
 from seqmem.sweep.config import Record, Sweep
 from seqmem.sweep.events import read_scalars
 
@@ -65,7 +67,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep, out: str, cwd: str, threads:
     with output_to(run_dir / "train.log"):
         result = train(fit_args(sweep, point, Path(out), gpus, resume), threads)
     result.update(name=run_dir.name, record=read_records(run_dir, sweep.record))
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    write_text(run_dir / "result.json", json.dumps(result, indent=1))  # whole or not at all: it marks the trial done
     tune.report({**result, "skipped": False})
 
 
@@ -90,16 +92,17 @@ def claim(run_dir: Path, definition: dict[str, Any]) -> Optional[dict[str, Any]]
         return finished
     if run_dir.exists() and not (run_dir / "checkpoints" / "last.ckpt").is_file():
         shutil.rmtree(run_dir)  # an attempt that left no checkpoint: its events would only overlap the new ones
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "trial.json").write_text(json.dumps(definition, indent=1))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError.of(error, run_dir) from error
+    write_text(run_dir / "trial.json", json.dumps(definition, indent=1))
     return None
 
 
 def fit_args(sweep: Sweep, point: dict[str, Any], out: Path, gpus: float, resume: Optional[Path]) -> list[str]:
     """The ``seqmem fit`` arguments of one trial."""
-    args = ["fit", "--config", str(sweep.base)]
-    for key, value in sweep.trial_options(point).items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]  # JSON is YAML to jsonargparse
+    args = ["fit", "--config", str(sweep.base), *option_args(sweep.trial_options(point))]
     solved = {"stop_when_solved": sweep.stop_when_solved}
     if sweep.solved is not None:
         solved.update(metric=sweep.solved.metric, threshold=sweep.solved.threshold, mode=sweep.solved.mode)
@@ -131,12 +134,20 @@ def fit_args(sweep: Sweep, point: dict[str, Any], out: Path, gpus: float, resume
     return args
 
 
+def option_args(options: dict[str, Any]) -> list[str]:
+    """``{"model.cell": "gru", "data.seq_len": 30}`` as ``seqmem fit`` arguments, in order."""
+    args = []
+    for key, value in options.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]  # JSON is YAML to jsonargparse
+    return args
+
+
 def train(args: list[str], threads: int) -> dict[str, Any]:
     """Run ``seqmem fit`` in this process; the outcome as a dict, or a one-line :class:`TrialError`."""
     import torch
 
     from seqmem.callbacks import NonFiniteError, StepsToSolve
-    from seqmem.cli import run_cli
+    from seqmem.lightning_cli import run_cli
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -157,7 +168,8 @@ def train(args: list[str], threads: int) -> dict[str, Any]:
             "seconds": time.perf_counter() - start,
         }
     except Exception as error:
-        traceback.print_exc()  # into train.log
+        with suppress(OSError):  # train.log may sit on the disk that just filled up: the error line must survive
+            traceback.print_exc()  # into train.log
         raise TrialError(one_line(error)) from None  # the cause may not unpickle in the driver
     finally:
         sys.argv = argv
@@ -185,11 +197,9 @@ def one_line(error: BaseException) -> str:
     """The message ``seqmem fit`` would print for ``error``, on one line."""
     from argparse import ArgumentError
 
-    from seqmem.cli import _config_error
-
-    config_error = _config_error(error)
-    if config_error is not None:
-        return " ".join(str(config_error).split())
+    line = error_line(error)  # bad input, or a file the trial could not write
+    if line is not None:
+        return line
     text = " ".join(str(error).split())
     return text if isinstance(error, ArgumentError) else f"{type(error).__name__}: {text}"
 
@@ -226,14 +236,19 @@ def output_to(path: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(path, "a") as log:
+    try:
+        log = open(path, "a")
+    except OSError as error:
+        raise WriteError.of(error, path) from error
+    with log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
             yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            with suppress(OSError):  # a full disk: the log loses its tail, the trial keeps its own error
+                sys.stdout.flush()
+                sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])

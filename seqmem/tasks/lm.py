@@ -144,8 +144,10 @@ class LMData(TaskDataModule):
         path: a text file (its first 1 - val_fraction of characters train, the rest validate and
             test) or a folder holding train.txt, valid.txt and optionally test.txt (WikiText layout).
             None loads ``hub_dataset`` from the Hugging Face Hub.
-        hub_dataset: Hub dataset name, used only when path is None.
-        hub_config: Hub dataset configuration, used only when path is None.
+        hub_dataset: Hub dataset name, used only when path is None: its train, validation and test splits,
+            each the concatenation of its "text" column (``lm.yaml``: ``karpathy/tiny_shakespeare``, whose splits
+            are the first 90 %, the next 5 % and the last 5 % of the text).
+        hub_config: Hub dataset configuration (None: the dataset's only one), used only when path is None.
         level: "char" tokens are characters; "word" tokens are whitespace-separated words with
             "<eos>" at each line end. Tokens unseen in training map to "<unk>".
         seq_len: window length in tokens (the truncated-BPTT chunk).
@@ -159,7 +161,7 @@ class LMData(TaskDataModule):
         self,
         path: Optional[str] = None,
         hub_dataset: str = "wikitext",
-        hub_config: str = "wikitext-2-raw-v1",
+        hub_config: Optional[str] = "wikitext-2-raw-v1",
         level: Literal["char", "word"] = "char",
         seq_len: int = 128,
         batch_size: int = 32,
@@ -202,10 +204,11 @@ class LMData(TaskDataModule):
             try:
                 hub = datasets.load_dataset(hp.hub_dataset, hp.hub_config, cache_dir=hp.cache_dir)
             except Exception as err:  # offline, unknown name, ...: the datasets library raises many kinds
+                config = "" if hp.hub_config is None else f" ({quote(hp.hub_config)})"
                 raise ConfigError(
-                    f"data.hub_dataset {quote(hp.hub_dataset)} ({quote(hp.hub_config)}) could not be loaded from the "
-                    f"Hugging Face Hub ({type(err).__name__}); offline, pass data.path: a text file or a folder with "
-                    "train.txt and valid.txt"
+                    f"data.hub_dataset {quote(hp.hub_dataset)}{config} could not be loaded from the Hugging Face Hub "
+                    f"or its cache in data.cache_dir {quote(hp.cache_dir)} ({type(err).__name__}); offline, pass "
+                    "data.path: a text file or a folder with train.txt and valid.txt"
                 ) from err
             return {split: "".join(hub[split]["text"]) for split in SPLITS}
         corpus = Path(hp.path).expanduser()
