@@ -15,11 +15,11 @@ from seqmem.cli import main, run_cli
 from seqmem.configs import SWEEP_CONFIGS
 from seqmem.errors import ConfigError
 from seqmem.sweep import Spread, TrialRow, load_sweep, run_sweep, summarise
-from seqmem.sweep.config import parse_overrides, with_overrides
+from seqmem.sweep.config import Record, parse_overrides, with_overrides
 from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
-from seqmem.sweep.trial import TrialError, fit_args, run_trial, train
+from seqmem.sweep.trial import TrialError, fit_args, read_records, run_trial, train
 
 # Adding, T = 10, hidden 8: a trial is a second of training; the run folders' names are the grid's.
 TINY = {
@@ -123,6 +123,25 @@ def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path
                 assert hparams[option] == value, (name, key)
 
 
+def test_a_record_reads_the_first_the_last_or_the_value_at_a_step(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path) as writer:
+        for step in (0, 500, 1000, 1500, 2000):
+            writer.add_scalar("val/bpc", 3.0 - step / 1000, step)
+    records = (
+        Record("first", "val/bpc"),
+        Record("last", "val/bpc", "last"),
+        Record("at_1600", "val/bpc", 1600),  # the value logged last at or before step 1600
+        Record("at_1500", "val/bpc", 1500),
+        Record("before_any", "val/bpc", -1),
+        Record("never", "val/loss", "last"),
+    )
+    values = read_records(tmp_path, records)
+    assert values == {"first": 3.0, "last": 1.0, "at_1600": 1.5, "at_1500": 1.5, "before_any": None, "never": None}
+    assert load_sweep(str(write_config(tmp_path, record={"b": {"tag": "val/bpc", "at": 1600}}))).record[0].at == 1600
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -134,7 +153,7 @@ def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path
         ({"grid": {"model": {"gru": "gru"}}}, "grid.model.gru must be a mapping of options"),
         ({"solved": {"metric": "val/loss", "threshold": 0.1}}, "solved must be {metric: ..., threshold: ..., mode"),
         ({"solved": {"metric": "val/loss", "threshold": 0.1, "mode": "low"}}, "solved.mode must be max or min"),
-        ({"record": {"h": {"tag": "x", "at": "middle"}}}, "record.h.at must be first or last"),
+        ({"record": {"h": {"tag": "x", "at": "middle"}}}, "record.h.at must be first, last or a step number"),
     ],
 )
 def test_bad_sweep_config_is_one_line_naming_the_key(tmp_path, capsys, change, message):

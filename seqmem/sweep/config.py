@@ -33,7 +33,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -85,12 +85,14 @@ class Record:
     Args:
         name: the column name.
         tag: the scalar tag, e.g. ``grad_time/layer0/horizon``.
-        at: ``first`` (the value at the lowest step) or ``last`` (at the highest).
+        at: ``first`` (the value at the lowest step), ``last`` (at the highest), or a step number: the value
+            logged last at or before that step (e.g. where the last fifth of the budget begins, to read how
+            much a metric still moved after it).
     """
 
     name: str
     tag: str
-    at: str = "first"
+    at: Union[str, int] = "first"
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ def parse_criterion(solved: Any) -> Optional[Criterion]:
 
 
 def parse_record(record: Any) -> tuple[Record, ...]:
-    """``{name: tag}`` or ``{name: {tag: ..., at: first|last}}``."""
+    """``{name: tag}`` or ``{name: {tag: ..., at: first|last|<step>}}``."""
     require(isinstance(record, dict), f"sweep config: record must be a mapping of column names to tags, got {record!r}")
     parsed = []
     for name, spec in record.items():
@@ -341,10 +343,14 @@ def parse_record(record: Any) -> tuple[Record, ...]:
             spec = {"tag": spec}
         require(
             isinstance(spec, dict) and "tag" in spec and set(spec) <= {"tag", "at"} and isinstance(spec["tag"], str),
-            f"sweep config: record.{name} must be a tag or {{tag: ..., at: first or last}}, got {spec!r}",
+            f"sweep config: record.{name} must be a tag or {{tag: ..., at: first, last or a step}}, got {spec!r}",
         )
         at = spec.get("at", "first")
-        require(at in ("first", "last"), f"sweep config: record.{name}.at must be first or last, got {at!r}")
+        step = isinstance(at, int) and not isinstance(at, bool) and at >= 0
+        require(
+            at in ("first", "last") or step,
+            f"sweep config: record.{name}.at must be first, last or a step number >= 0, got {at!r}",
+        )
         parsed.append(Record(str(name), spec["tag"], at))
     return tuple(parsed)
 

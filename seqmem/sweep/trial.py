@@ -217,7 +217,9 @@ def read_records(run_dir: Path, records: tuple[Record, ...]) -> dict[str, Option
     scalars = read_scalars(run_dir, [record.tag for record in records])
     values: dict[str, Optional[float]] = {}
     for record in records:
-        logged = scalars[record.tag]  # by step
+        logged = scalars[record.tag]  # [(step, value)] by step
+        if isinstance(record.at, int):
+            logged = [point for point in logged if point[0] <= record.at]
         values[record.name] = (logged[0] if record.at == "first" else logged[-1])[1] if logged else None
     return values
 
