@@ -11,6 +11,14 @@ the medians over repeats.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py [--steps 40] [--repeats 3] [--threads 1]
 
+``--trial`` measures a whole trial instead: the main job's (agreement, hidden 64, T = 50, batch 64) as
+``seqmem sweep`` runs it — the CLI, data generation, TensorBoard logging, validation every 250 steps,
+checkpoints and every diagnostic of ``defaults.yaml`` — against a plain PyTorch loop over the same
+network (embedding, ``nn.RNN``/``nn.LSTM``, linear head, Adam, norm clipping) on batches made before the
+clock starts; process CPU time, one thread, alternating repeats:
+
+    PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial [--trial-steps 1000] [--repeats 3]
+
 On a GPU: ``--accelerator gpu --clock cuda [--precision bf16-mixed]`` (the baseline then runs cuDNN's kernels on
 the same device, under the same autocast; steps are timed by CUDA events). Writes scripts/out/benchmark_speed.md.
 """
@@ -19,6 +27,7 @@ import argparse
 import itertools
 import platform
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmem.lightning_cli import run_cli
 from seqmem.module import SequenceModel
-from seqmem.tasks import CopyData
+from seqmem.tasks import AgreementData, CopyData
 
 OUT = Path(__file__).resolve().parent / "out" / "benchmark_speed.md"
+TRIAL_OUT = Path(__file__).resolve().parent / "out" / "benchmark_trial.md"
 
 # run -> (torch module the baseline uses, its extra arguments, target ratio); a run is a cell name,
 # or "cell:option=value" for a non-default option of that cell.
@@ -161,6 +172,105 @@ def time_baseline(cell: str, data: CopyData, args: argparse.Namespace) -> float:
     return marks.median_ms(args.warmup)
 
 
+def trial_args(cell: str, steps: int, folder: Path) -> list[str]:
+    """The ``seqmem fit`` arguments of one main-job trial as ``seqmem sweep agreement`` builds them (its
+    ``set`` and grid options, the logger, the progress bar off), for ``steps`` steps and never stopped early."""
+    return [
+        "fit",
+        "--config",
+        "agreement",
+        "--model.cell",
+        cell,
+        "--trainer.val_check_interval",
+        "250",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.class_path",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.init_args.save_dir",
+        str(folder),
+        "--trainer.logger.init_args.name",
+        cell,
+        "--trainer.callbacks+",
+        "seqmem.callbacks.StepsToSolve",
+    ]
+
+
+def time_trial(cell: str, steps: int, folder: Path) -> float:
+    """CPU seconds of one whole main-job trial in this process (imports excluded: a Ray worker pays them once)."""
+    argv, sys.argv = sys.argv, sys.argv[:1]  # as a sweep's trial: this script's own options are not the CLI's
+    try:
+        start = time.process_time()
+        run_cli(trial_args(cell, steps, folder))
+        return time.process_time() - start
+    finally:
+        sys.argv = argv
+
+
+def time_plain_trial(cell: str, batches: list[dict], data: AgreementData) -> float:
+    """CPU seconds of a plain PyTorch loop over the main job's network and optimizer on pre-made ``batches``."""
+    torch.manual_seed(0)
+    rnn_class, rnn_args, _ = CELLS[cell]
+    spec = data.spec
+    embed = nn.Embedding(spec.input_size, 32)
+    rnn = rnn_class(32, 64, batch_first=True, **rnn_args)
+    head = nn.Linear(64, spec.output_size)
+    params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    start = time.process_time()
+    for batch in batches:
+        outputs, _ = rnn(embed(batch["x"]))  # (B, T, H)
+        loss = F.cross_entropy(head(outputs[:, -1]), batch["y"])  # the verb slot is the last step
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    return time.process_time() - start
+
+
+def trial_table(args: argparse.Namespace) -> str:
+    """Whole main-job trials against plain loops, alternating, as a markdown table."""
+    import tempfile
+
+    data = AgreementData(min_len=50, max_len=50, distance=30, batch_size=64)
+    train = data.train_dataloader().dataset
+    batches = [train[i % len(train)] for i in range(args.trial_steps)]  # made before any clock starts
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for cell in args.trial_cells:
+            ours, plain = [], []
+            for repeat in range(args.repeats):
+                ours.append(time_trial(cell, args.trial_steps, Path(folder) / str(repeat)))
+                plain.append(time_plain_trial(cell, batches, data))
+                print(f"{cell} repeat {repeat}: trial {ours[-1]:.2f} s, plain loop {plain[-1]:.2f} s", flush=True)
+            ratios = [a / b for a, b in zip(ours, plain, strict=True)]
+            rows.append((cell, statistics.median(ours), statistics.median(plain), statistics.median(ratios), ratios))
+    lines = [
+        "# One main-job trial end to end against a plain PyTorch loop",
+        "",
+        f"- machine: {machine()}",
+        f"- trial: `seqmem fit --config agreement` as `seqmem sweep agreement` runs it, {args.trial_steps} steps "
+        "(validation every 250, TensorBoard, checkpoints, every diagnostic of defaults.yaml); plain: embedding + "
+        "nn.RNN/nn.LSTM + linear head, Adam 3e-3, norm clipping at 1, on pre-made batches",
+        f"- clock: process CPU time; median of {args.repeats} alternating repeats",
+        f"- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial --trial-steps "
+        f"{args.trial_steps} --repeats {args.repeats} --trial-cells {' '.join(args.trial_cells)}`",
+        "",
+        "| cell | trial s | plain loop s | ratio (median) | ratios | ms/step above plain | target |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    lines += [
+        f"| {cell} | {ours:.2f} | {plain:.2f} | **{ratio:.3f}** | {', '.join(f'{r:.3f}' for r in ratios)} "
+        f"| {1000 * (ours - plain) / args.trial_steps:.2f} | ≤ 1.10 |"
+        for cell, ours, plain, ratio, ratios in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     return (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -188,8 +298,21 @@ def main() -> None:
     )
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where both sides train")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
+    parser.add_argument("--trial", action="store_true", help="time whole main-job trials instead of single steps")
+    parser.add_argument("--trial-steps", type=int, default=1000, help="steps of each trial (--trial)")
+    parser.add_argument(
+        "--trial-cells", nargs="+", default=["vanilla", "lstm"], choices=["vanilla", "irnn", "gru", "lstm"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.trial:
+        print(f"machine: {machine()}", flush=True)
+        table = trial_table(args)
+        print("\n" + table)
+        TRIAL_OUT.parent.mkdir(parents=True, exist_ok=True)
+        TRIAL_OUT.write_text(table)
+        print(f"wrote {TRIAL_OUT}")
+        return
     L.seed_everything(0, verbose=False)
     data = CopyData(seq_len=args.seq_len, batch_size=args.batch, train_batches=args.warmup + args.steps + 2)
     print(f"machine: {machine()}", flush=True)

@@ -74,6 +74,7 @@ def test_every_cell_trains_on_every_task_through_the_cli(cell, task, workdir, lm
             *TASK_ARGS[task],
             *extra,
             *"--trainer.max_steps 2 --trainer.limit_val_batches 2 --trainer.val_check_interval 2".split(),
+            *"--trainer.log_every_n_steps 1".split(),  # train/loss is handed to Lightning on logging steps
         )
     )
     assert cli.trainer.global_step == 2

@@ -474,3 +474,21 @@ def test_log_every_n_steps_0_silences_every_per_step_tag_but_not_the_periodic_on
     tags = set(events(tmp_path / "lightning_logs" / "version_0").Tags()["scalars"])
     assert not any(tag.startswith(("grad_norm/", "clip/", "nonfinite/", "train/")) for tag in tags), tags
     assert {"spectral/layer0/f/radius", "grad_time/layer0/horizon", "sensitivity/horizon"} <= tags
+
+
+def test_the_step_total_norm_is_taken_once_per_step_and_afresh_for_new_gradients():
+    from seqmem.callbacks.base import step_total_norm
+
+    weights = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, 2))]
+    optimizer = torch.optim.SGD(weights, lr=0.1)
+    trainer = SimpleNamespace(global_step=7)
+    assert step_total_norm(trainer, optimizer) is None  # no gradient yet
+    weights[0].grad, weights[1].grad = torch.full((3,), 2.0), torch.full((2, 2), 1.0)
+    first = step_total_norm(trainer, optimizer)
+    assert first.item() == pytest.approx(math.sqrt(3 * 4 + 4 * 1))
+    assert step_total_norm(trainer, optimizer) is first  # the guard and the clipping counters share one pass
+    weights[1].grad = torch.zeros(2, 2)  # a gradient replaced within the step is measured afresh
+    assert step_total_norm(trainer, optimizer).item() == pytest.approx(math.sqrt(12))
+    trainer.global_step = 8
+    weights[0].grad = None  # the next step: only the gradients the optimizer will apply
+    assert step_total_norm(trainer, optimizer).item() == 0.0

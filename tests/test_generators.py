@@ -411,3 +411,18 @@ def test_the_hub_dataset_is_read_split_by_split(tmp_path, monkeypatch):
 @pytest.mark.parametrize("val_fraction", [0.01, 0.99])
 def test_any_held_out_fraction_inside_zero_one_is_accepted(val_fraction):
     LMData(val_fraction=val_fraction, seq_len=1, batch_size=1)  # nothing is read until it is needed
+
+
+def test_a_batch_once_made_is_served_again_from_memory_up_to_the_cap():
+    made = []
+
+    def counted(generator: torch.Generator) -> dict:
+        made.append(1)
+        return numbered(generator)  # x: (1,) int64, 8 bytes
+
+    fresh = SyntheticBatches(numbered, num_batches=4, seed=3, cache_bytes=0)  # the reference: made every time
+    kept = SyntheticBatches(counted, num_batches=4, seed=3, cache_bytes=3 * 8)  # room for three of the four
+    for _ in range(3):  # three epochs
+        assert [kept[i]["x"].item() for i in range(4)] == [fresh[i]["x"].item() for i in range(4)]
+    assert len(made) == 4 + 2 * 1  # every batch made once; the fourth, beyond the cap, made every epoch
+    assert kept[0] is kept[0]

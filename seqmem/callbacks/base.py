@@ -28,6 +28,7 @@ The diagnostics that run extra passes on a fixed probe batch share :mod:`seqmem.
 """
 
 import re
+import weakref
 from typing import Optional
 
 import lightning as L
@@ -105,6 +106,30 @@ def norm_dtype(tensors: list[Tensor]) -> torch.dtype:
 def total_norm(tensors: list[Tensor]) -> Tensor:
     """L2 norm of all the tensors together, in :func:`norm_dtype`, on the device: NaN or inf when any entry is."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=norm_dtype(tensors))))
+
+
+# optimizer -> (global_step, the ids of its gradients, their total norm) of the latest step_total_norm.
+_STEP_NORMS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[int, tuple[int, ...], Tensor]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def step_total_norm(trainer: "L.Trainer", optimizer: torch.optim.Optimizer) -> Optional[Tensor]:
+    """:func:`total_norm` of the gradients ``optimizer`` is about to apply (None when it holds none), computed once
+    per optimizer step: the clipping counters and the non-finite guard both need it on every step, and a pass over
+    the gradients costs more than their counters. Keyed by the step and the gradient tensors, so a gradient set to
+    None or replaced in between is measured afresh; both read it before anything changes a gradient in place
+    (clipping comes after every callback), which is why the model's clipping does not reuse it."""
+    grads = [p.grad for p in params_with_grad(optimizer)]
+    if not grads:
+        return None
+    key = tuple(map(id, grads))
+    cached = _STEP_NORMS.get(optimizer)
+    if cached is not None and cached[0] == trainer.global_step and cached[1] == key:
+        return cached[2]
+    norm = total_norm(grads)  # () on the device
+    _STEP_NORMS[optimizer] = (trainer.global_step, key, norm)
+    return norm
 
 
 def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

@@ -21,6 +21,7 @@ from seqmem.callbacks.base import (
     chart,
     logging_step,
     params_with_grad,
+    step_total_norm,
     tensorboard_writer,
     total_norm,
     write_scalars,
@@ -66,7 +67,7 @@ class ClippingEvents(Diagnostic):
         grads = [p.grad for p in params_with_grad(optimizer)]
         if clip is None or writer is None or not grads:
             return
-        pre = total_norm(grads)  # () float32 (float64 under 64-true) on device
+        pre = step_total_norm(trainer, optimizer)  # () float32 (float64 under 64-true) on device
         # Counters live on the gradients' device (a restored checkpoint brings them back on the CPU).
         self.clipped_steps = pre.new_zeros(()) if self.clipped_steps is None else self.clipped_steps.to(pre.device)
         self.clipped_entries = (

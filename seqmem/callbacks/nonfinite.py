@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from seqmem.callbacks.base import logging_step, params_with_grad, total_norm
+from seqmem.callbacks.base import logging_step, params_with_grad, step_total_norm
 from seqmem.errors import require
 
 
@@ -98,7 +98,7 @@ class NonFiniteGuard(L.Callback):
         params = params_with_grad(optimizer)
         if not params:
             return
-        norm = total_norm([p.grad for p in params])  # () float32 — inf or nan if any entry is
+        norm = step_total_norm(trainer, optimizer)  # () float32 — inf or nan if any entry is
         bad = norm.isfinite().logical_not()  # () bool, stays on the device
         self._count(bad, norm)
         self._arm_skip(trainer, optimizer, params, bad)

@@ -7,6 +7,7 @@ subject: were attractors always opposite, "them" would give the answer away with
 Earlier clauses ("I work , he works ,") show the agreement rule in context.
 """
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ class AgreementLexicon:
     objects_pl: torch.Tensor
     fillers: torch.Tensor
     comma: int
+
+    @functools.cached_property
+    def subject_classes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices into ``subjects`` of the 3sg pronouns and of the others; built once, as the generator runs on
+        every training step beside a step of a small model."""
+        return self.subject_3sg.nonzero().squeeze(1), (~self.subject_3sg).nonzero().squeeze(1)
 
 
 def load_lexicon(path: Optional[Path] = None) -> AgreementLexicon:
@@ -147,11 +154,8 @@ def agreement_batch(
     # Balanced classes first, then a pronoun uniform within the class.
     y = (torch.rand(B, generator=g) < 0.5).long()  # (B,)
     pick = torch.rand(B, generator=g)  # (B,)
-    subject_idx = torch.where(
-        y == 1,
-        _uniform_pick(lexicon.subject_3sg.nonzero().squeeze(1), pick),
-        _uniform_pick((~lexicon.subject_3sg).nonzero().squeeze(1), pick),
-    )  # (B,) index into the subject table
+    third, other = lexicon.subject_classes
+    subject_idx = torch.where(y == 1, _uniform_pick(third, pick), _uniform_pick(other, pick))  # (B,) into subjects
     subject = lexicon.subjects[subject_idx]  # (B,)
 
     # Intervening material: fillers, or object pronouns whose number is a fair coin independent of
@@ -181,8 +185,13 @@ def agreement_batch(
     x = torch.where(back[None, :] < lengths[:, None], context, 0)  # (B, L) pad id 0 on the left
     x = torch.where(back[None, :] == dist[:, None] - 1, subject[:, None], x)  # (B, L)
     x = torch.where(back[None, :] < dist[:, None] - 1, between, x)  # (B, L)
-    bucket_of = torch.tensor([d.bit_length() - 1 for d in range(max_len + 1)])  # (L+1,)
-    return {"x": x, "y": y, "bucket": bucket_of[dist]}
+    return {"x": x, "y": y, "bucket": _bucket_of(max_len)[dist]}
+
+
+@functools.lru_cache(maxsize=8)
+def _bucket_of(max_len: int) -> torch.Tensor:
+    """(max_len + 1,) floor(log2(d)) of every distance d (index 0 unused); built once per length, not per batch."""
+    return torch.tensor([d.bit_length() - 1 for d in range(max_len + 1)])
 
 
 class AgreementData(SyntheticTask):
