@@ -118,7 +118,11 @@ def test_every_value_of_every_shipped_sweep_is_a_valid_fit_option(name, tmp_path
         assert cli.trainer.max_steps == sweep.budget
         for key, value in sweep.trial_options(point).items():
             group, option = key.split(".", 1) if "." in key else ("", key)
-            if group in ("model", "data") and "." not in option:  # the options the modules keep as hparams
+            if key == "model.optimizer":  # not an hparam: the module keeps the optimizer the CLI built
+                optimizer = cli.model.optimizer(cli.model.parameters())
+                assert type(optimizer).__name__ == value["class_path"].rsplit(".", 1)[1], (name, key)
+                assert all(optimizer.defaults[k] == v for k, v in value["init_args"].items()), (name, key)
+            elif group in ("model", "data") and "." not in option:  # the options the modules keep as hparams
                 hparams = cli.model.hparams if group == "model" else cli.datamodule.hparams
                 assert hparams[option] == value, (name, key)
 
@@ -187,6 +191,21 @@ def test_a_run_folder_of_other_options_is_never_reused(tmp_path):
         run_trial(point, other, str(tmp_path / "out"), str(tmp_path), threads=1, gpus=0)
 
 
+def test_a_trial_is_known_by_its_base_configs_name_and_text_not_by_where_the_file_lies(tmp_path):
+    base = (CONFIGS / "adding.yaml").read_text()
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "mine.yaml").write_text(base)
+    sweep = load_sweep(str(write_config(here, base="mine.yaml")))
+    moved = load_sweep(str(write_config(there, base="mine.yaml")))  # the checkout moved: the same trials
+    point = sweep.points()[0]
+    assert sweep.base != moved.base and sweep.definition(point) == moved.definition(point)
+    (there / "mine.yaml").write_text(base.replace("max_steps: 2000", "max_steps: 2001"))
+    edited = load_sweep(str(write_config(there, base="mine.yaml")))  # an edited base: trained afresh
+    assert edited.definition(point)["base_sha256"] != sweep.definition(point)["base_sha256"]
+
+
 # ---- aggregation over seeds (no Ray) ------------------------------------------------------------
 
 
@@ -244,6 +263,29 @@ def test_curves_band_is_the_median_and_range_of_the_seeds_that_logged_each_step(
     steps, median, low, high = seed_band([[(0, 1.0), (2, 0.5), (4, 0.2)], [(0, 3.0), (2, 0.1)], [(0, 2.0)]])
     assert steps == [0, 2, 4]
     assert median == [2.0, 0.3, 0.2] and low == [1.0, 0.1, 0.2] and high == [3.0, 0.5, 0.2]
+
+
+def test_every_configuration_keeps_its_colour_in_every_panel_even_where_another_has_no_curve(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    from seqmem.sweep.curves import plot_curves
+
+    sweep = load_sweep(str(write_config(tmp_path, grid={"clip": {"on": {}, "off": {}}}, curves=["a", "b"])))
+    rows = [TrialRow(f"clip={label}", {"clip": label}, "not solved") for label in ("off", "on")]
+    for row in rows:
+        with SummaryWriter(tmp_path / row.name) as writer:
+            for step in range(3):
+                writer.add_scalar("a", 1.0 + step, step)
+                if row.values["clip"] == "on":  # only the clipping arm logs b (as clip/ tags)
+                    writer.add_scalar("b", 2.0, step)
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to read its lines
+    plot_curves(tmp_path / "curves.png", tmp_path, rows, sweep)
+    panel_a, panel_b = kept[0].axes
+    colours = [{line.get_label().split(" ")[0]: line.get_color() for line in ax.lines} for ax in (panel_a, panel_b)]
+    assert set(colours[0]) == {"clip=off", "clip=on"} and set(colours[1]) == {"clip=on"}
+    assert colours[1]["clip=on"] == colours[0]["clip=on"] != colours[0]["clip=off"]
 
 
 def test_curves_take_a_scale_per_tag_or_a_list(tmp_path):

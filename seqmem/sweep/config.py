@@ -17,6 +17,7 @@
     record:                       # optional: one value of a TensorBoard tag per trial, as a column
       horizon_init: grad_time/layer0/horizon                    # the first logged value
       horizon_end: {tag: grad_time/layer0/horizon, at: last}    # or the last one
+      bpc_at_4800: {tag: val/bpc, at: 4800}                     # or the last one at or before a step
     curves:                       # optional: tags plotted against step in curves.png, one panel each,
       train/loss: log             # one line per configuration (median over seeds, band min–max);
       clip/clipped_fraction: linear                             # the y scale: linear or log
@@ -28,6 +29,7 @@ draws no data, so its seed axis is ``seed_everything``.
 """
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -160,9 +162,13 @@ class Sweep:
         return options
 
     def definition(self, point: dict[str, Any]) -> dict[str, Any]:
-        """What a trial's outcome depends on, as JSON: a finished run is reused only if this is unchanged."""
+        """What a trial's outcome depends on, as JSON: a finished run is reused only if this is unchanged.
+
+        The base config counts by its name and its text, not by where it lies: the same sweep continues after the
+        checkout moves or seqmem is installed elsewhere, and an edited base config trains its trials afresh."""
         return {
-            "base": str(self.base),
+            "base": self.base.name,
+            "base_sha256": hashlib.sha256(self.base.read_bytes()).hexdigest(),
             "options": self.trial_options(point),
             "budget": self.budget,
             "solved": None if self.solved is None else vars(self.solved),

@@ -46,6 +46,10 @@ def plot_curves(path: Path, out: Path, rows: list[TrialRow], sweep: Sweep) -> No
         if row.status in FINISHED:
             configs.setdefault(tuple(row.values[a] for a in axes_names), []).append(row)
     scalars = {row.name: read_scalars(out / row.name, tags) for group in configs.values() for row in group}
+    # One colour per configuration in every panel, even where a configuration has no curve (a tag that only some
+    # arms log, such as clip/ without clipping), so the panels read side by side.
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {key: cycle[i % len(cycle)] for i, key in enumerate(configs)}
     fig, panels = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4.2), squeeze=False)
     for ax, (tag, scale) in zip(panels[0], sweep.curves, strict=True):
         for key, group in configs.items():
@@ -53,8 +57,8 @@ def plot_curves(path: Path, out: Path, rows: list[TrialRow], sweep: Sweep) -> No
             if not steps:
                 continue
             label = ",".join(f"{a}={v}" for a, v in zip(axes_names, key, strict=True)) or "median"
-            (line,) = ax.plot(steps, median, label=f"{label} ({len(group)} seeds)")
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.plot(steps, median, color=colour[key], label=f"{label} ({len(group)} seeds)")
+            ax.fill_between(steps, low, high, color=colour[key], alpha=0.2, linewidth=0)
         ax.set(xlabel="optimizer step", ylabel=tag, yscale=scale, title=tag)
         ax.legend(fontsize=7)
     fig.suptitle(f"{sweep.path.stem}: median over seeds, band min–max", fontsize="medium")
