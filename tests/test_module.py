@@ -120,3 +120,33 @@ def test_a_python_trainer_that_clips_beside_the_model_is_refused_before_training
         trainer.fit(model, data)
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_monitoring_train_loss_between_logging_steps_keeps_the_latest_logged_value(tmp_path):
+    # train/loss reaches Lightning on logging steps only (every 5 here); a ModelCheckpoint saving every 3 steps
+    # that monitors it must still run, ranking by the value logged last.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    data = AddingData(seq_len=5, batch_size=8, train_batches=20, val_batches=1)
+    model = SequenceModel(data.spec, cell="lstm", hidden_size=4)
+    logged = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if "train/loss" in trainer.callback_metrics:
+                logged.append(trainer.callback_metrics["train/loss"].item())
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="train/loss", every_n_train_steps=3, save_top_k=1)
+    trainer = L.Trainer(
+        max_steps=20,
+        log_every_n_steps=5,
+        callbacks=[Record(), checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, data)
+    assert len(set(logged)) == 4  # steps 4, 9, 14, 19: one value per logging step, held in between
+    assert checkpoint.best_model_score.item() in logged and checkpoint.best_model_path
