@@ -2,11 +2,13 @@
 
 The step (process CPU time, so run it on one thread) is a plain loop over a SequenceModel on the adding task
 (no Lightning around it, so the guard's own cost is not lost in the loop's), the guard called exactly as
-Lightning calls it: ``on_before_optimizer_step`` before the update, its optimizer post-hook after. Per
-optimizer: Adam (the masked update: the touched tensors copied, put back with torch.where) and
-Adam(fused=True) (the fused kernel's found_inf), alternating with/without, best of the repeats of the median
-step, and the time spent inside the guard's own calls (the direct measure: step times on a shared machine
-wander by more than the guard costs). Memory: the copies the masked update keeps (parameters and Adam's state).
+Lightning calls it: ``on_before_optimizer_step`` before the update, its optimizer post-hook after. Per way of
+skipping: the host's decision (what ``decide_on="auto"`` does on a CPU: one read of the flag), and the two
+device decisions an accelerator uses, measured here on the CPU with ``decide_on="device"``: Adam (the masked
+update: the touched tensors copied, put back with torch.where) and Adam(fused=True) (the fused kernel's
+found_inf). Alternating with/without, best of the repeats of the median step, and the time spent inside the
+guard's own calls (the direct measure: step times on a shared machine wander by more than the guard costs).
+Memory: the copies the masked update keeps (parameters and Adam's state).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_guard.py --steps 200 --repeats 5
 
@@ -27,20 +29,24 @@ from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, adding_problem
 
 OUT = Path(__file__).resolve().parent / "out"
-OPTIMIZERS = {
-    "Adam (masked update)": partial(torch.optim.Adam, lr=1e-3),
-    "Adam fused (found_inf)": partial(torch.optim.Adam, lr=1e-3, fused=True),
+# way of skipping -> (optimizer, the guard's decide_on)
+WAYS = {
+    "Adam, host decision (auto on a CPU)": (partial(torch.optim.Adam, lr=1e-3), "auto"),
+    "Adam, masked update (device)": (partial(torch.optim.Adam, lr=1e-3), "device"),
+    "Adam fused, found_inf (device)": (partial(torch.optim.Adam, lr=1e-3, fused=True), "device"),
 }
 
 
-def step_times(hidden: int, seq_len: int, optimizer_cls, steps: int, guarded: bool) -> tuple[list[float], list[float]]:
+def step_times(
+    hidden: int, seq_len: int, optimizer_cls, decide_on: str, steps: int, guarded: bool
+) -> tuple[list[float], list[float]]:
     """Seconds of each of ``steps`` training steps of an LSTM (batch 64) on the adding task, and of the guard's
     own calls within each (its hook and its optimizer post-hook; zeros without the guard)."""
     torch.manual_seed(0)
     model = SequenceModel(AddingData(seq_len=seq_len).spec, cell="lstm", hidden_size=hidden)
     optimizer = optimizer_cls(model.parameters())
     batch = adding_problem(64, seq_len, torch.Generator().manual_seed(0))
-    guard = NonFiniteGuard()
+    guard = NonFiniteGuard(decide_on=decide_on)
     # What the guard reads from the Trainer: no logging step ever, full precision, no GradScaler.
     trainer = SimpleNamespace(global_step=0, log_every_n_steps=10**9, precision_plugin=None, optimizers=[optimizer])
     in_guard = [0.0]
@@ -81,15 +87,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    header = "| LSTM | optimizer | step ms, no guard | step ms, guard | ratio | guard µs per update | copies kept |"
+    header = "| LSTM | way of skipping | step ms, no guard | step ms, guard | ratio | guard µs per update | copies |"
     rows = [header, "|---" * 7 + "|"]
     for hidden, seq_len in ((32, 20), (128, 100)):
-        for name, optimizer_cls in OPTIMIZERS.items():
+        for name, (optimizer_cls, decide_on) in WAYS.items():
             best = {False: float("inf"), True: float("inf")}
             in_guard = float("inf")
             for _ in range(args.repeats):
                 for guarded in (False, True):  # alternating: drift on a shared machine hits both alike
-                    times, guard_times = step_times(hidden, seq_len, optimizer_cls, args.steps, guarded)
+                    times, guard_times = step_times(hidden, seq_len, optimizer_cls, decide_on, args.steps, guarded)
                     best[guarded] = min(best[guarded], statistics.median(times))
                     if guarded:
                         in_guard = min(in_guard, statistics.median(guard_times))

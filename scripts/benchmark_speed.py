@@ -15,7 +15,9 @@ the medians over repeats.
 ``seqmem sweep`` runs it — the CLI, data generation, TensorBoard logging, validation every 250 steps,
 checkpoints and every diagnostic of ``defaults.yaml`` — against a plain PyTorch loop over the same
 network (embedding, ``nn.RNN``/``nn.LSTM``, linear head, Adam, norm clipping) on batches made before the
-clock starts; process CPU time, one thread, alternating repeats:
+clock starts, and between the two, the rungs that say where the difference goes: that network as the smallest
+LightningModule under ``Trainer.fit`` (Lightning's loop alone), and the trial without its diagnostics;
+process CPU time, one thread, alternating repeats:
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial [--trial-steps 1000] [--repeats 3]
 
@@ -172,9 +174,10 @@ def time_baseline(cell: str, data: CopyData, args: argparse.Namespace) -> float:
     return marks.median_ms(args.warmup)
 
 
-def trial_args(cell: str, steps: int, folder: Path) -> list[str]:
+def trial_args(cell: str, steps: int, folder: Path, diagnostics: bool = True) -> list[str]:
     """The ``seqmem fit`` arguments of one main-job trial as ``seqmem sweep agreement`` builds them (its
-    ``set`` and grid options, the logger, the progress bar off), for ``steps`` steps and never stopped early."""
+    ``set`` and grid options, the logger, the progress bar off), for ``steps`` steps and never stopped early;
+    without ``diagnostics``, defaults.yaml's callbacks (every diagnostic and the guard) are dropped."""
     return [
         "fit",
         "--config",
@@ -195,45 +198,104 @@ def trial_args(cell: str, steps: int, folder: Path) -> list[str]:
         str(folder),
         "--trainer.logger.init_args.name",
         cell,
+        *([] if diagnostics else ["--trainer.callbacks", "[]"]),
         "--trainer.callbacks+",
         "seqmem.callbacks.StepsToSolve",
     ]
 
 
-def time_trial(cell: str, steps: int, folder: Path) -> float:
+def time_trial(cell: str, steps: int, folder: Path, diagnostics: bool = True) -> float:
     """CPU seconds of one whole main-job trial in this process (imports excluded: a Ray worker pays them once)."""
     argv, sys.argv = sys.argv, sys.argv[:1]  # as a sweep's trial: this script's own options are not the CLI's
     try:
         start = time.process_time()
-        run_cli(trial_args(cell, steps, folder))
+        run_cli(trial_args(cell, steps, folder, diagnostics))
         return time.process_time() - start
     finally:
         sys.argv = argv
 
 
+class PlainNet(nn.Module):
+    """The main job's network written the usual way: embedding, ``nn.RNN``/``nn.LSTM``, linear head on the last step."""
+
+    def __init__(self, cell: str, input_size: int, output_size: int):
+        super().__init__()
+        rnn_class, rnn_args, _ = CELLS[cell]
+        self.embed = nn.Embedding(input_size, 32)
+        self.rnn = rnn_class(32, 64, batch_first=True, **rnn_args)
+        self.head = nn.Linear(64, output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.rnn(self.embed(x))  # (B, T, H)
+        return self.head(outputs[:, -1])  # (B, C): the verb slot is the last step
+
+
 def time_plain_trial(cell: str, batches: list[dict], data: AgreementData) -> float:
     """CPU seconds of a plain PyTorch loop over the main job's network and optimizer on pre-made ``batches``."""
     torch.manual_seed(0)
-    rnn_class, rnn_args, _ = CELLS[cell]
-    spec = data.spec
-    embed = nn.Embedding(spec.input_size, 32)
-    rnn = rnn_class(32, 64, batch_first=True, **rnn_args)
-    head = nn.Linear(64, spec.output_size)
-    params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=3e-3)
+    net = PlainNet(cell, data.spec.input_size, data.spec.output_size)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     start = time.process_time()
     for batch in batches:
-        outputs, _ = rnn(embed(batch["x"]))  # (B, T, H)
-        loss = F.cross_entropy(head(outputs[:, -1]), batch["y"])  # the verb slot is the last step
+        loss = F.cross_entropy(net(batch["x"]), batch["y"])
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
     return time.process_time() - start
 
 
+class BareModule(L.LightningModule):
+    """The plain loop's network and optimizer as the smallest LightningModule: what Lightning's loop alone costs."""
+
+    def __init__(self, cell: str, input_size: int, output_size: int):
+        super().__init__()
+        self.net = PlainNet(cell, input_size, output_size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.net(batch["x"]), batch["y"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def time_lightning_trial(cell: str, batches: list[dict], data: AgreementData) -> float:
+    """CPU seconds of ``Trainer.fit`` over :class:`BareModule` on the same pre-made ``batches``: norm clipping at 1,
+    and no logger, checkpoint, validation, callback or progress bar."""
+    torch.manual_seed(0)
+    module = BareModule(cell, data.spec.input_size, data.spec.output_size)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=len(batches),
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the batches as they are, in order
+    start = time.process_time()
+    trainer.fit(module, loader)
+    return time.process_time() - start
+
+
+# The rungs of the trial table, cheapest first: each adds one layer to the one before.
+RUNGS = {
+    "plain loop": lambda cell, steps, folder, batches, data: time_plain_trial(cell, batches, data),
+    "bare Lightning": lambda cell, steps, folder, batches, data: time_lightning_trial(cell, batches, data),
+    "seqmem, no diagnostics": lambda cell, steps, folder, batches, data: time_trial(cell, steps, folder, False),
+    "seqmem trial": lambda cell, steps, folder, batches, data: time_trial(cell, steps, folder),
+}
+
+
+def ratios(seconds: dict[str, list[float]], top: str, bottom: str) -> list[float]:
+    """Per-repeat ratios of rung ``top`` to rung ``bottom``: a repeat's rungs ran back to back, under one load."""
+    return [a / b for a, b in zip(seconds[top], seconds[bottom], strict=True)]
+
+
 def trial_table(args: argparse.Namespace) -> str:
-    """Whole main-job trials against plain loops, alternating, as a markdown table."""
+    """Whole main-job trials against Lightning's bare loop and a plain loop, alternating, as a markdown table."""
     import tempfile
 
     data = AgreementData(min_len=50, max_len=50, distance=30, batch_size=64)
@@ -242,32 +304,43 @@ def trial_table(args: argparse.Namespace) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for cell in args.trial_cells:
-            ours, plain = [], []
+            seconds: dict[str, list[float]] = {rung: [] for rung in RUNGS}
             for repeat in range(args.repeats):
-                ours.append(time_trial(cell, args.trial_steps, Path(folder) / str(repeat)))
-                plain.append(time_plain_trial(cell, batches, data))
-                print(f"{cell} repeat {repeat}: trial {ours[-1]:.2f} s, plain loop {plain[-1]:.2f} s", flush=True)
-            ratios = [a / b for a, b in zip(ours, plain, strict=True)]
-            rows.append((cell, statistics.median(ours), statistics.median(plain), statistics.median(ratios), ratios))
+                for rung, run in RUNGS.items():
+                    where = Path(folder) / f"{rung}-{repeat}".replace(" ", "_").replace(",", "")
+                    seconds[rung].append(run(cell, args.trial_steps, where, batches, data))
+                print(f"{cell} repeat {repeat}: " + ", ".join(f"{r} {s[-1]:.2f} s" for r, s in seconds.items()))
+            rows.append((cell, seconds))
+    plain = "plain loop"
     lines = [
-        "# One main-job trial end to end against a plain PyTorch loop",
+        "# One main-job trial end to end against Lightning's bare loop and a plain PyTorch loop",
         "",
         f"- machine: {machine()}",
         f"- trial: `seqmem fit --config agreement` as `seqmem sweep agreement` runs it, {args.trial_steps} steps "
-        "(validation every 250, TensorBoard, checkpoints, every diagnostic of defaults.yaml); plain: embedding + "
-        "nn.RNN/nn.LSTM + linear head, Adam 3e-3, norm clipping at 1, on pre-made batches",
-        f"- clock: process CPU time; median of {args.repeats} alternating repeats",
+        "(validation every 250, TensorBoard, checkpoints, every diagnostic of defaults.yaml); without them: the "
+        "same with `--trainer.callbacks []`; bare Lightning: the plain loop's network and optimizer as the "
+        "smallest LightningModule under `Trainer.fit` (clipping at 1, nothing else); plain: embedding + "
+        "nn.RNN/nn.LSTM + linear head, Adam 3e-3, norm clipping at 1; both on pre-made batches",
+        f"- clock: process CPU time; each ratio is the median over {args.repeats} alternating repeats of the "
+        "ratio within a repeat",
         f"- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial --trial-steps "
         f"{args.trial_steps} --repeats {args.repeats} --trial-cells {' '.join(args.trial_cells)}`",
         "",
-        "| cell | trial s | plain loop s | ratio (median) | ratios | ms/step above plain | target |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| cell | " + " | ".join(f"{rung} s" for rung in RUNGS) + " | ratio to plain (median) | ratios "
+        "| bare Lightning / plain | seqmem trial / bare Lightning | ms/step above plain | target |",
+        "|---|" + "---:|" * len(RUNGS) + "---:|---|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {cell} | {ours:.2f} | {plain:.2f} | **{ratio:.3f}** | {', '.join(f'{r:.3f}' for r in ratios)} "
-        f"| {1000 * (ours - plain) / args.trial_steps:.2f} | ≤ 1.10 |"
-        for cell, ours, plain, ratio, ratios in rows
-    ]
+    for cell, seconds in rows:
+        trial = ratios(seconds, "seqmem trial", plain)
+        above = 1000 * (statistics.median(seconds["seqmem trial"]) - statistics.median(seconds[plain]))
+        lines.append(
+            f"| {cell} | "
+            + " | ".join(f"{statistics.median(s):.2f}" for s in seconds.values())
+            + f" | **{statistics.median(trial):.3f}** | {', '.join(f'{r:.3f}' for r in trial)} "
+            f"| {statistics.median(ratios(seconds, 'bare Lightning', plain)):.3f} "
+            f"| {statistics.median(ratios(seconds, 'seqmem trial', 'bare Lightning')):.3f} "
+            f"| {above / args.trial_steps:.2f} | ≤ 1.10 |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from seqmem.errors import ConfigError
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData
 
@@ -151,7 +152,7 @@ OPTIMIZERS = {
 
 
 def snapshots_around_a_poisoned_update(
-    tmp_path: Path, optimizer: Callable, poisoned_step: int, steps: int = 5
+    tmp_path: Path, optimizer: Callable, poisoned_step: int, steps: int = 5, decide_on: str = "auto"
 ) -> tuple[dict[int, tuple[dict, dict]], NonFiniteGuard]:
     """Weights and optimizer state after every update of an LSTM fit whose gradient at ``poisoned_step`` holds
     a NaN (snapshot -1: before training)."""
@@ -172,7 +173,7 @@ def snapshots_around_a_poisoned_update(
                 copy.deepcopy(optimizer.state_dict()),
             )
 
-    guard = NonFiniteGuard(max_consecutive=2)
+    guard = NonFiniteGuard(max_consecutive=2, decide_on=decide_on)
     trainer_for(tmp_path, steps, [Poison(), guard], enable_checkpointing=False).fit(model, data)
     return snapshots, guard
 
@@ -188,11 +189,15 @@ def assert_same_state(before: tuple[dict, dict], after: tuple[dict, dict]) -> No
             assert torch.equal(optimizer_after["state"][index][key], value), (index, key)
 
 
+@pytest.mark.parametrize("decide_on", ["device", "host"])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_a_skipped_update_leaves_weights_and_optimizer_state_untouched(tmp_path, name):
+def test_a_skipped_update_leaves_weights_and_optimizer_state_untouched(tmp_path, name, decide_on):
     """A NaN in one gradient (step 2): that update leaves the weights and every optimizer state tensor (moments,
-    momentum buffers, step counts) bit for bit as they were; the next updates proceed."""
-    snapshots, guard = snapshots_around_a_poisoned_update(tmp_path, OPTIMIZERS[name], poisoned_step=2)
+    momentum buffers, step counts) bit for bit as they were; the next updates proceed. Decided on the device
+    (found_inf or the masked update, a GPU's way) and on the host (a CPU's)."""
+    snapshots, guard = snapshots_around_a_poisoned_update(
+        tmp_path, OPTIMIZERS[name], poisoned_step=2, decide_on=decide_on
+    )
     assert_same_state(snapshots[1], snapshots[2])
     assert not torch.equal(snapshots[3][0]["head.weight"], snapshots[2][0]["head.weight"])  # training went on
     assert not torch.equal(snapshots[1][0]["head.weight"], snapshots[0][0]["head.weight"])  # and had before
@@ -207,3 +212,29 @@ def test_a_skipped_first_update_creates_no_optimizer_state(tmp_path, name):
     assert_same_state(snapshots[-1], snapshots[0])
     assert snapshots[0][1]["state"] == {}
     assert snapshots[1][1]["state"] and guard.skipped == 1
+
+
+def test_auto_decides_on_the_host_on_a_cpu_and_on_the_device_elsewhere(tmp_path, monkeypatch):
+    """ "auto" reads the flag where a read is free (the CPU) and keeps no copies there; on an accelerator it keeps
+    the decision on the device. The same fit trains bit for bit alike whichever way the skip is decided."""
+    guard = NonFiniteGuard()
+    assert guard.decides_on_host(torch.device("cpu"))
+    assert not guard.decides_on_host(torch.device("cuda", 0)) and not guard.decides_on_host(torch.device("mps"))
+    assert NonFiniteGuard(decide_on="host").decides_on_host(torch.device("cuda", 0))
+    assert not NonFiniteGuard(decide_on="device").decides_on_host(torch.device("cpu"))
+    copies = []  # the masked update's: it copies the parameters and Adam's state before each step
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: copies.append(len(dst)) or foreach_copy(dst, src))
+    auto, _ = snapshots_around_a_poisoned_update(tmp_path / "auto", OPTIMIZERS["adam"], poisoned_step=2)
+    assert copies == []
+    device, _ = snapshots_around_a_poisoned_update(
+        tmp_path / "device", OPTIMIZERS["adam"], poisoned_step=2, decide_on="device"
+    )
+    assert len(copies) == 4  # every update after the first (whose skip the host decides)
+    for step in auto:
+        assert_same_state(auto[step], device[step])
+
+
+def test_decide_on_takes_only_the_three_choices():
+    with pytest.raises(ConfigError, match="NonFiniteGuard decide_on must be one of auto, device, host; got 'gpu'"):
+        NonFiniteGuard(decide_on="gpu")

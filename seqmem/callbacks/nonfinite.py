@@ -4,7 +4,11 @@ A NaN loss backpropagates into NaN gradients, so checking the gradient covers th
 runs in ``on_before_optimizer_step``, on the gradient the diagnostics see (see :mod:`seqmem.callbacks.base`),
 before clipping and the optimizer, in automatic and manual (truncated BPTT) optimisation alike.
 
-The skip decision stays on the device — a 0-dim flag, never read by the host on a step that logs nothing:
+Where the skip is decided (``decide_on``). The host decides by one read of the flag, then sets the gradients to
+None, which every torch optimizer skips. On the CPU that is free — a CPU tensor's value is there when Python
+reads it, nothing queued waits — so ``"auto"`` chooses it there. On an accelerator a read would make the host
+wait for the device on every step, so there the decision stays on the device, a 0-dim flag never read by the
+host on a step that logs nothing:
 
 * a fused optimizer (``fused=True``: Adam, AdamW, SGD, Adagrad) takes the flag as its ``found_inf`` tensor,
   as under ``torch.amp.GradScaler``: its kernel leaves parameters, moments and step counts as they were;
@@ -13,24 +17,25 @@ The skip decision stays on the device — a 0-dim flag, never read by the host o
 * under ``16-mixed`` the GradScaler already skips a non-finite update itself (reading its own flag on the host
   unless the optimizer is fused), so the guard only counts.
 
-The host decides instead (one read of the flag, then the gradients are set to None, which every torch
-optimizer skips) for a parameter's first update, whose optimizer state does not exist yet and so cannot be
-put back, and for an optimizer whose state holds values other than tensors. An optimizer that keeps its
-step count on the CPU while the parameters are on a GPU (Adam without ``fused`` or ``capturable``) costs
-one device-to-host copy of the flag per update; the guard warns once.
+The host decides on an accelerator too, for a parameter's first update, whose optimizer state does not exist yet
+and so cannot be put back, and for an optimizer whose state holds values other than tensors. An optimizer that
+keeps its step count on the CPU while the parameters are on a GPU (Adam without ``fused`` or ``capturable``)
+costs one device-to-host copy of the flag per update; the guard warns once.
 
 The counts (skipped updates, the current run of consecutive ones, the last finite norm) are device tensors
 updated in place and read on logging steps — every ``max_consecutive`` steps when ``log_every_n_steps`` is
 0 — which is also where training stops, after saving the last good weights as ``last.ckpt``. The run of
 non-finite updates ends at the current step, so its first step and the last finite one follow from its length.
 
-Cost: a few tiny kernels per update; the masked update also copies the parameters and their optimizer state
-into buffers kept for the run (Adam: three times the parameters' memory); found_inf copies nothing.
+Cost: a few tiny kernels per update. The masked update also copies the parameters and their optimizer state
+into buffers kept for the run (Adam: three times the parameters' memory); found_inf and the host's decision copy
+nothing. On the CPU the masked update would cost about 5 % of a small model's step, which is why ``"auto"``
+leaves it to accelerators (scripts/benchmark_guard.py measures both).
 """
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -40,7 +45,9 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from seqmem.callbacks.base import logging_step, params_with_grad, step_total_norm
-from seqmem.errors import require
+from seqmem.errors import require, require_choice
+
+DecideOn = Literal["auto", "device", "host"]  # where NonFiniteGuard decides a skip
 
 
 class NonFiniteError(RuntimeError):
@@ -74,11 +81,17 @@ class NonFiniteGuard(L.Callback):
 
     Args:
         max_consecutive: training stops once this many consecutive updates were non-finite (each is skipped).
+        decide_on: where the skip is decided. ``"auto"``: on the host when the gradients are on the CPU (a read
+            there waits for nothing), on the device otherwise; ``"device"``: on the device everywhere (what
+            ``"auto"`` does on a GPU, kept testable on a CPU); ``"host"``: on the host everywhere (on a GPU one
+            sync per update).
     """
 
-    def __init__(self, max_consecutive: int = 10):
+    def __init__(self, max_consecutive: int = 10, decide_on: DecideOn = "auto"):
         require(max_consecutive >= 1, f"NonFiniteGuard max_consecutive must be >= 1, got {max_consecutive}")
+        require_choice(decide_on, DecideOn, "NonFiniteGuard decide_on")
         self.max_consecutive = max_consecutive
+        self.decide_on = decide_on
         # Device counters, updated in place: skipped updates, non-finite updates in a row up to the last one,
         # and the last finite gradient norm (NaN until there is one).
         self.skipped_count = torch.tensor(0)
@@ -120,10 +133,11 @@ class NonFiniteGuard(L.Callback):
         self._pending, self._found_inf_set = None, False
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # GradScaler skips non-finite updates itself
-        state = [optimizer.state.get(p, {}) for p in params]
+        on_host = self.decides_on_host(bad.device)
+        state = [] if on_host else [optimizer.state.get(p, {}) for p in params]
         tensors_only = all(isinstance(v, Tensor) for s in state for v in s.values())
-        if not tensors_only or any(id(p) not in self._stepped for p in params):
-            if bool(bad):  # host decision: first update, or state that cannot be masked
+        if on_host or not tensors_only or any(id(p) not in self._stepped for p in params):
+            if bool(bad):  # host decision: a free read, a first update, or state that cannot be masked
                 for p in params:
                     p.grad = None
             return
@@ -137,6 +151,10 @@ class NonFiniteGuard(L.Callback):
             self._saved, self._saved_for = [torch.empty_like(t) for t in live], key
         torch._foreach_copy_(self._saved, live)
         self._pending = (live, bad)
+
+    def decides_on_host(self, device: torch.device) -> bool:
+        """Whether the skip of an update whose gradients are on ``device`` is decided by a host read."""
+        return self.decide_on == "host" or (self.decide_on == "auto" and device.type == "cpu")
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Optimizer step post-hook: put back what a masked non-finite update changed."""
