@@ -50,8 +50,18 @@ class SeqmemCLI(LightningCLI):
     model it was trained as (:mod:`seqmem.checkpoints`); bad trainer options and unwritable folders are one-line
     errors before anything is written; ``predict`` writes its predictions to the run folder. Checkpoints are
     written atomically (:mod:`seqmem.checkpoint_io`), and a file the run cannot write stops it with a
-    :class:`~seqmem.errors.WriteError` naming the file, the cause and the last good checkpoint.
+    :class:`~seqmem.errors.WriteError` naming the file, the cause and the last good checkpoint. Only the parser of
+    the subcommand the arguments name is built (each costs about as much as a 100-step fit of a small model, and a
+    sweep builds one per trial); with none named, as for ``seqmem --help``, all four are.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._built = subcommands_to_build(kwargs.get("args"))
+        super().__init__(*args, **kwargs)
+
+    @override
+    def subcommands(self) -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in self._built}
 
     @override
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -299,6 +309,13 @@ def check_fit_options(args: list[str]) -> None:
         sys.argv = argv
 
 
+def subcommands_to_build(args: Any) -> tuple[str, ...]:
+    """The subcommands whose parsers the CLI builds for ``args`` (None: ``sys.argv[1:]``): the one a list of words
+    starts with, else all (an option first, as in ``seqmem --help``, or a dict of arguments, may run any)."""
+    args = sys.argv[1:] if args is None else args
+    return (args[0],) if isinstance(args, list) and args and args[0] in SUBCOMMANDS else SUBCOMMANDS
+
+
 def run_cli(args: Optional[list[str]] = None, run: bool = True) -> SeqmemCLI:
     """Build (and by default run) the CLI; scripts use this to read the trainer afterwards.
 
@@ -323,7 +340,10 @@ def _cli(cls: type[SeqmemCLI], args: Optional[list[str]], run: bool) -> SeqmemCL
         save_config_callback=SaveConfig,
         # Parse errors raise instead of printing the whole usage: main() reports them in one line. The
         # shared defaults go to every subcommand's parser, or to the one parser there is with run=False.
-        parser_kwargs={"exit_on_error": False, **({name: defaults for name in SUBCOMMANDS} if run else defaults)},
+        parser_kwargs={
+            "exit_on_error": False,
+            **({name: defaults for name in subcommands_to_build(args)} if run else defaults),
+        },
         args=args,
         run=run,
     )

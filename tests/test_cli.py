@@ -282,6 +282,20 @@ def documented_args(cls: type) -> dict[str, str]:
     return {name: " ".join(text.split()) for name, text in entries}
 
 
+def test_the_cli_builds_the_named_subcommands_parser_alone_and_every_one_when_none_is_named(capsys, tmp_path):
+    """Building a subcommand's parser costs about a 100-step fit of a small model, once per sweep trial: a run
+    builds the one it names; ``seqmem --help`` still lists all four, and a validate after a fit still runs."""
+    args = fit_args(tmp_path, "--config", "adding", "--model.cell", "gru", "--trainer.max_steps", "2")
+    cli = run_cli(args)
+    assert set(cli.subcommands()) == {"fit"}
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{fit,validate,test,predict}" in capsys.readouterr().out
+    ckpt = next(Path(cli.trainer.log_dir).rglob("last.ckpt"))
+    validate = run_cli(["validate", *args[1:], "--ckpt_path", str(ckpt)])
+    assert set(validate.subcommands()) == {"validate"} and "val/loss" in validate.trainer.callback_metrics
+
+
 def test_fit_help_shows_every_model_argument_with_its_doc(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
