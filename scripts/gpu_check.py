@@ -3,7 +3,7 @@
     python3 scripts/gpu_check.py --out DIR               # on a GPU machine: under 8 minutes on one H200
     python3 scripts/gpu_check.py --cpu-smoke --out DIR   # every part tiny, on the CPU (tests/test_gpu_check.py)
 
-Parts (``--parts`` picks some; gpu_checks.py and gpu_timings.py say what each measures):
+Parts (``--parts`` picks some; gpu/checks.py and gpu/timings.py say what each measures):
 
 * suite       — the test suite's CUDA cases (the ``device`` fixture), pass/fail counts;
 * quiet       — quiet training steps make no host sync: CUDA's sync debug mode, every cell, full and truncated BPTT;
@@ -19,11 +19,11 @@ spawn`` starts each afresh instead), with its own time budget: a part that fails
 with its one-line error and the end of its log, and the others still run; a row that raises is noted under its
 table and the part goes on. The parts that time nothing run side by side first, then the timing parts alone, one
 after another (``--cpu-smoke``: all at once). The budgets add up to 7.5 minutes (the side-by-side ones count once,
-by the longest), within the 8 the issue gives and the 10 a device call may run.
+by the longest), so the whole check stays under 8 minutes.
 
 Into ``--out`` go two files: ``gpu_check.md`` (the summary and every part's table, rewritten as parts finish, so
-a run cut short keeps what it had) and ``gpu_check.log`` (every part's output); the device tool brings back at most
-8 files. stdout gets progress lines, one line per finished part and the summary table.
+a run cut short keeps what it had) and ``gpu_check.log`` (every part's output). stdout gets progress lines, one
+line per finished part and the summary table.
 """
 
 import os
@@ -48,10 +48,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-import gpu_checks
-import gpu_timings
 import torch
-from gpu_part import Context, Part, Table, cores
+
+# The parts live in scripts/gpu/; the timing parts reuse the benchmark scripts' own loops (scripts/benchmarks/).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from gpu import checks as gpu_checks
+from gpu import timings as gpu_timings
+from gpu.part import Context, Part, Table, cores
 
 PARTS: list[Part] = [*gpu_checks.PARTS, *gpu_timings.PARTS]  # budgets: max(checks) + sum(timings) = 450 s
 LOG_TAIL = 25  # lines of a failed part's log in the report

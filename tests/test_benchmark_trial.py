@@ -9,7 +9,7 @@ from unittest import mock
 import lightning as L
 from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts" / "benchmarks"))
 
 import benchmark_speed
 

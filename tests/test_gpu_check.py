@@ -17,7 +17,7 @@ sys.path.insert(0, str(SCRIPT.parent))
 
 import gpu_checks  # noqa: E402
 
-# The columns each part's table must have (the ones README and issue 20 read), and its rows in a smoke run.
+# The columns each part's table must have (the ones the benchmarks page reads), and its rows in a smoke run.
 COLUMNS = {
     "suite": ("selection", "passed", "failed", "errors", "skipped", "not collected"),
     "quiet": ("cell", "BPTT", "options", "host reads", "CUDA syncs", "expected"),
@@ -63,7 +63,7 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess:
 def test_cpu_smoke_runs_every_part_and_writes_its_table(tmp_path: Path) -> None:
     done = run(tmp_path, "--cpu-smoke")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # Two files only: the device tool brings back at most 8 from its $OUT.
+    # Two files only, a report and a log, easy to carry back from a remote machine.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.log", "gpu_check.md"]
     for part in COLUMNS:
         assert re.search(rf"^\[{part}\] ok in \d+ s: .+", done.stdout, flags=re.M), f"no summary line for {part}"

@@ -81,7 +81,7 @@ def child(kind: str, length: int, tbptt: int | None, train: bool) -> None:
 
 def measure(kind: str, length: int, tbptt: int | None, train: bool) -> dict:
     args = [sys.executable, __file__, "--child", kind, str(length), str(tbptt or 0), str(int(train))]
-    done = subprocess.run(args, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(args, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -120,7 +120,7 @@ def main() -> None:
             lines[-1] += f" CUDA {a['peak']['cuda']:.0f} -> {b['peak']['cuda']:.0f} MiB"
     table = "\n".join(lines)
     print("\n" + table)
-    out = Path(__file__).resolve().parent / "out"
+    out = Path(__file__).resolve().parents[1] / "out"
     out.mkdir(exist_ok=True)
     (out / "benchmark_memory.md").write_text(table + "\n")
     (out / "benchmark_memory.json").write_text(json.dumps(rows, indent=2))

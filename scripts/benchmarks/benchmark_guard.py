@@ -28,7 +28,7 @@ from seqmem.callbacks.nonfinite import NonFiniteGuard
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, adding_problem
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 # way of skipping -> (optimizer, the guard's decide_on)
 WAYS = {
     "Adam, host decision (auto on a CPU)": (partial(torch.optim.Adam, lr=1e-3), "auto"),

@@ -39,7 +39,7 @@ from seqmem.configs import DEFAULTS
 from seqmem.lightning_cli import SeqmemCLI, run_cli
 from seqmem.models import MODELS
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 
 
 class Stopwatch(L.Callback):

@@ -38,7 +38,7 @@ from seqmem.callbacks import (
 )
 from seqmem.diagnose import timestep_gradients
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 
 
 # ---- the user's model, as the word_language_model example writes it -------------------------------------------

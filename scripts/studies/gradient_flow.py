@@ -34,7 +34,7 @@ T, DISTANCE = 50, 30
 # Every cell at its default init, plus the LSTM with its forget gate opened wider at init: σ(3) ≈ 0.95
 # per step instead of σ(1) ≈ 0.73, the difference between 0.2 and 1e-4 over the 30-step lag.
 RUNS = {**{cell: {"cell": cell} for cell in MODELS}, "lstm, forget bias 3": {"cell": "lstm", "forget_bias": 3.0}}
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 
 
 def relative_curve(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

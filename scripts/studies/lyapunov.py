@@ -37,7 +37,7 @@ T, DISTANCE, THRESHOLD = 50, 30, 1e-3
 RUNS = {**{cell: {"cell": cell} for cell in MODELS}, "lstm, forget bias 3": {"cell": "lstm", "forget_bias": 3.0}}
 # ρ(W_h) of the block that plays the vanilla W_h's role: the GRU's candidate n, the LSTM's cell input g.
 RECURRENT_BLOCK = {"gru": "layer0/n", "lstm": "layer0/g"}
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 
 
 def measure(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -43,8 +43,8 @@ from seqmem.lightning_cli import run_cli
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData, CopyData
 
-OUT = Path(__file__).resolve().parent / "out" / "benchmark_speed.md"
-TRIAL_OUT = Path(__file__).resolve().parent / "out" / "benchmark_trial.md"
+OUT = Path(__file__).resolve().parents[1] / "out" / "benchmark_speed.md"
+TRIAL_OUT = Path(__file__).resolve().parents[1] / "out" / "benchmark_trial.md"
 
 # run -> (torch module the baseline uses, its extra arguments, target ratio); a run is a cell name,
 # or "cell:option=value" for a non-default option of that cell.

@@ -19,13 +19,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from gpu_part import Context, Outcome, Part, fmt
+from gpu.part import Context, Outcome, Part, fmt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seqmem.cli import run_cli
 from seqmem.models import MODELS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's instruments below, and the conftest they import
 
 from test_ddp import COPY, SaveRankWeights  # noqa: E402

@@ -26,7 +26,7 @@ from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"
 # Every family at its default, plus the orthogonal cell with modReLU (a different step, no fused kernel).
 RUNS = {
     **{cell: {"cell": cell} for cell in MODELS},

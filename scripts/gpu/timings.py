@@ -17,7 +17,7 @@ import benchmark_diagnostics
 import benchmark_memory
 import benchmark_speed
 import torch
-from gpu_part import Context, Outcome, Part, fmt
+from gpu.part import Context, Outcome, Part, fmt
 
 from seqmem.cli import run_cli
 from seqmem.tasks import CopyData
