@@ -4,21 +4,27 @@ The names most programs need are importable from the package itself::
 
     from seqmem import SequenceModel, AddingData, TimestepGradients
 
-- models: :class:`SequenceModel` (the LightningModule), :data:`MODELS` (``model.cell`` name -> class),
-  :class:`RecurrentNet` (the cell protocol) and the cells :class:`VanillaRNN`, :class:`OrthogonalRNN`,
-  :class:`IRNN`, :class:`GRU`, :class:`LSTM`;
-- tasks: :class:`AddingData`, :class:`CopyData`, :class:`AgreementData`, :class:`LMData`, their pure
-  generators :func:`adding_problem`, :func:`copy_memory`, :func:`agreement_batch`, and :class:`TaskSpec`;
-- diagnostics (Lightning callbacks): :class:`GradientNorms`, :class:`ClippingEvents`,
-  :class:`RecurrentSpectrum`, :class:`TimestepGradients`, :class:`InputSensitivity`,
-  :class:`JacobianSpectrum`, :class:`NonFiniteGuard`, :class:`StepsToSolve`;
-- the same diagnostics for a plain loop: :class:`Diagnostics`, :func:`timestep_gradients`,
-  :func:`sensitivity_curves`, :func:`lyapunov_spectrum`, :func:`spectral_radii`;
-- checkpoints written whole or not at all: :class:`AtomicCheckpointIO`, :class:`AtomicModelCheckpoint`.
+- models: :class:`~seqmem.module.SequenceModel` (the LightningModule), :data:`~seqmem.models.MODELS`
+  (``model.cell`` name -> class), :class:`~seqmem.models.RecurrentNet` (the cell protocol) and the cells
+  :class:`~seqmem.models.VanillaRNN`, :class:`~seqmem.models.OrthogonalRNN`, :class:`~seqmem.models.IRNN`,
+  :class:`~seqmem.models.GRU`, :class:`~seqmem.models.LSTM`;
+- tasks: :class:`~seqmem.tasks.AddingData`, :class:`~seqmem.tasks.CopyData`,
+  :class:`~seqmem.tasks.AgreementData`, :class:`~seqmem.tasks.LMData`, their pure generators
+  :func:`~seqmem.tasks.adding_problem`, :func:`~seqmem.tasks.copy_memory`, :func:`~seqmem.tasks.agreement_batch`,
+  and :class:`~seqmem.tasks.TaskSpec`;
+- diagnostics (Lightning callbacks): :class:`~seqmem.callbacks.GradientNorms`,
+  :class:`~seqmem.callbacks.ClippingEvents`, :class:`~seqmem.callbacks.RecurrentSpectrum`,
+  :class:`~seqmem.callbacks.TimestepGradients`, :class:`~seqmem.callbacks.InputSensitivity`,
+  :class:`~seqmem.callbacks.JacobianSpectrum`, :class:`~seqmem.callbacks.NonFiniteGuard`,
+  :class:`~seqmem.callbacks.StepsToSolve`;
+- the same diagnostics for a plain loop: :class:`~seqmem.diagnose.Diagnostics`,
+  :func:`~seqmem.diagnose.timestep_gradients`, :func:`~seqmem.diagnose.sensitivity_curves`,
+  :func:`~seqmem.diagnose.lyapunov_spectrum`, :func:`~seqmem.diagnose.spectral_radii`;
+- checkpoints written whole or not at all: :class:`~seqmem.checkpoint_io.AtomicCheckpointIO`,
+  :class:`~seqmem.checkpoint_io.AtomicModelCheckpoint`.
 
-Each is documented where it lives (``seqmem.models``, ``seqmem.tasks``, ``seqmem.callbacks``,
-``seqmem.diagnose``, ``seqmem.checkpoint_io``). They are imported on first use, so ``import seqmem`` stays
-cheap and the ``seqmem`` command pays only for what it runs.
+Each is documented where it lives. They are imported on first use, so ``import seqmem`` stays cheap and the
+``seqmem`` command pays only for what it runs.
 """
 
 import importlib

@@ -86,9 +86,14 @@ class SequenceModel(L.LightningModule):
         ConfigError: an option out of range, or one that does not apply to the chosen cell.
 
     Example:
-        >>> data = AddingData(seq_len=50)
-        >>> model = SequenceModel(data.spec, cell="irnn", hidden_size=64)
-        >>> L.Trainer(max_steps=100).fit(model, data)
+        >>> import lightning as L
+        >>> from seqmem import AddingData, SequenceModel
+        >>> data = AddingData(seq_len=20)
+        >>> model = SequenceModel(data.spec, cell="irnn", hidden_size=32)
+        >>> trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        >>> trainer.fit(model, data)
+        >>> trainer.global_step
+        20
     """
 
     def __init__(

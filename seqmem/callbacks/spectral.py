@@ -17,7 +17,7 @@ from seqmem.views import ModuleView
 
 
 def spectral_summary(matrix: Tensor) -> dict[str, Tensor]:
-    """Spectral radius (largest |eigenvalue|) and largest / smallest singular value of a square matrix."""
+    """Spectral radius (the largest eigenvalue modulus) and largest / smallest singular value of a square matrix."""
     w = matrix.detach().float()  # (H, H)
     singular = torch.linalg.svdvals(w)  # (H,) descending
     return {"radius": torch.linalg.eigvals(w).abs().amax(), "sigma_max": singular[0], "sigma_min": singular[-1]}

@@ -12,6 +12,8 @@ from seqmem.models.lstm import LSTM
 from seqmem.models.orthogonal import Activation, OrthogonalInit, OrthogonalMap, OrthogonalRNN
 from seqmem.models.state import State, detach_state, state_from_parts, state_parts
 
+#: The one table of seqmem's cells: ``model.cell`` name -> class. A new row is a new choice everywhere (the CLI, sweeps,
+#: the equivalence tests).
 MODELS: dict[str, type[RecurrentNet]] = {
     "vanilla": VanillaRNN,
     "orthogonal": OrthogonalRNN,
