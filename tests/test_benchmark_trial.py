@@ -1,5 +1,5 @@
-"""scripts/benchmark_speed.py --trial, tiny: every Lightning rung of the ladder trains the steps asked for, and the
-table's ratios follow from the seconds it measured (so the README's ratios cannot come from a broken rung)."""
+"""scripts/benchmarks/benchmark_speed.py --trial, tiny: every Lightning rung of the ladder trains the steps asked for,
+and the table's ratios follow from the seconds it measured (so the published ratios cannot come from a broken rung)."""
 
 import argparse
 import sys

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
-import gpu_checks  # noqa: E402
+from gpu import checks as gpu_checks  # noqa: E402
 
 # The columns each part's table must have (the ones the benchmarks page reads), and its rows in a smoke run.
 COLUMNS = {

@@ -10,11 +10,11 @@
    autograd.grad) vs one training step (fused forward, backward, optimizer step) on the same batch,
    per cell; the forward-sensitivity probe alongside. Target: ≤ 3×.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py \
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_diagnostics.py \
         --config agreement --steps 2000 --repeats 3 --cpu-time
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --skip-fit --cpu-time
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_diagnostics.py --steps 2000 --repeats 3 \
-        --cpu-time --user-lm ../shared/data/tinyshakespeare/input.txt     # a user's own model (scripts/user_lm.py)
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_diagnostics.py --skip-fit --cpu-time
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_diagnostics.py --steps 2000 \
+        --repeats 3 --cpu-time --user-lm ../shared/data/tinyshakespeare/input.txt  # a user's own model (user_lm.py)
 
 Prints a markdown table and writes it to scripts/out/benchmark_diagnostics.md (probe-only runs:
 scripts/out/benchmark_diagnostics_probes.md).
@@ -23,6 +23,7 @@ scripts/out/benchmark_diagnostics_probes.md).
 import argparse
 import importlib
 import statistics
+import sys
 import time
 import warnings
 from functools import partial
@@ -117,9 +118,10 @@ def shipped_callbacks() -> list[L.Callback]:
 
 
 def timed_user_fit(text: Path, steps: int, diagnostics: bool, clock=time.perf_counter) -> tuple[float, float]:
-    """Like :func:`timed_fit`, for a user's own model: scripts/user_lm.py's word-level LSTM LM (2 × 128, tied
+    """Like :func:`timed_fit`, for a user's own model: scripts/studies/user_lm.py's word-level LSTM LM (2 × 128, tied
     weights, bptt 35, batch 20, vocabulary 5,000) under a plain L.Trainer with defaults.yaml's callbacks."""
-    from user_lm import Batches, WordLM, corpus  # scripts/, beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))  # user_lm.py is a study script
+    from user_lm import Batches, WordLM, corpus
 
     torch.manual_seed(0)
     loader = DataLoader(Batches(corpus(text, 5000), bsz=20, bptt=35), batch_size=None)
@@ -217,7 +219,7 @@ def main() -> None:
         "--user-lm",
         type=Path,
         metavar="TEXT",
-        help="time a user's own model instead: scripts/user_lm.py's word LM on this text file (no probe table)",
+        help="time a user's own model instead: scripts/studies/user_lm.py's word LM on this text file (no probe table)",
     )
     parser.add_argument(
         "--cpu-time",
@@ -234,7 +236,7 @@ def main() -> None:
     if not args.skip_fit:
         fits = {cell: partial(timed_fit, args.config, cell) for cell in args.cells}
         if args.user_lm is not None:
-            fits = {"user WordLM (scripts/user_lm.py)": partial(timed_user_fit, args.user_lm)}
+            fits = {"user WordLM (scripts/studies/user_lm.py)": partial(timed_user_fit, args.user_lm)}
         setup = "a user's WordLM, defaults.yaml's callbacks" if args.user_lm else f"{args.config}.yaml"
         lines += [
             f"## Diagnostics overhead ({setup}, {args.steps} steps, median of {args.repeats} on/off "

@@ -10,7 +10,7 @@ found_inf). Alternating with/without, best of the repeats of the median step, an
 guard's own calls (the direct measure: step times on a shared machine wander by more than the guard costs).
 Memory: the copies the masked update keeps (parameters and Adam's state).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_guard.py --steps 200 --repeats 5
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_guard.py --steps 200 --repeats 5
 
 Prints a markdown table and writes it to scripts/out/benchmark_guard.md.
 """

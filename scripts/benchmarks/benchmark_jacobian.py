@@ -6,7 +6,7 @@ forward, backward, optimizer step) on a training batch, against one probe on its
 of every layer) and the whole ``probe_and_log`` (plus the summaries, the scalars and the matplotlib
 spectrum image written to a scratch TensorBoard directory).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmark_jacobian.py --cpu-time
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_jacobian.py --cpu-time
 
 Prints a markdown table and writes it to scripts/out/benchmark_jacobian.md.
 """

@@ -10,7 +10,7 @@ Rows: seqmem (SequenceModel + Lightning, copy task, one batch of T steps, LSTM) 
 loop (nn.LSTM, detach every k steps) as the baseline. Target: peak(T = 10,000) / peak(T = 1,000)
 within 1.10 under truncated BPTT.
 
-    python scripts/benchmark_memory.py            # writes scripts/out/benchmark_memory.{md,json}
+    python scripts/benchmarks/benchmark_memory.py            # writes scripts/out/benchmark_memory.{md,json}
 """
 
 import argparse

@@ -9,7 +9,7 @@ best (smallest) of those per-repeat medians on each side, because on a shared or
 interference only ever adds time (as timeit's documentation advises), and also shows the ratio of
 the medians over repeats.
 
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py [--steps 40] [--repeats 3] [--threads 1]
+    PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_speed.py [--steps 40] [--repeats 3] [--threads 1]
 
 ``--trial`` measures a whole trial instead: the main job's (agreement, hidden 64, T = 50, batch 64) as
 ``seqmem sweep`` runs it — the CLI, data generation, TensorBoard logging, validation every 250 steps,
@@ -19,7 +19,7 @@ clock starts, and between the two, the rungs that say where the difference goes:
 LightningModule under ``Trainer.fit`` (Lightning's loop alone), and the trial without its diagnostics;
 process CPU time, one thread, alternating repeats:
 
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial [--trial-steps 1000] [--repeats 3]
+    PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_speed.py --trial [--trial-steps 1000] [--repeats 3]
 
 On a GPU: ``--accelerator gpu --clock cuda [--precision bf16-mixed]`` (the baseline then runs cuDNN's kernels on
 the same device, under the same autocast; steps are timed by CUDA events). Writes scripts/out/benchmark_speed.md.
@@ -323,7 +323,7 @@ def trial_table(args: argparse.Namespace) -> str:
         "nn.RNN/nn.LSTM + linear head, Adam 3e-3, norm clipping at 1; both on pre-made batches",
         f"- clock: process CPU time; each ratio is the median over {args.repeats} alternating repeats of the "
         "ratio within a repeat",
-        f"- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py --trial --trial-steps "
+        f"- command: `PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_speed.py --trial --trial-steps "
         f"{args.trial_steps} --repeats {args.repeats} --trial-cells {' '.join(args.trial_cells)}`",
         "",
         "| cell | " + " | ".join(f"{rung} s" for rung in RUNGS) + " | ratio to plain (median) | ratios "
@@ -415,7 +415,7 @@ def main() -> None:
         f"- clock: {args.clock} time; best of {args.repeats} alternating repeats, "
         f"each the median of {args.steps} steps "
         f"after {args.warmup} warm-up steps",
-        "- command: `PYTHONPATH=. .venv/bin/python scripts/benchmark_speed.py "
+        "- command: `PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_speed.py "
         f"--seq-len {args.seq_len} --batch {args.batch} --hidden {args.hidden} "
         f"--steps {args.steps} --repeats {args.repeats} "
         f"--threads {args.threads} --clock {args.clock} --accelerator {args.accelerator} --precision {args.precision}`",

@@ -62,7 +62,7 @@ def speed(ctx: Context) -> Outcome:
     ctx.table.note(
         f"Batch {BATCH}, copy task, embedding 32, Adam; median of {options['steps']} steps after {options['warmup']} "
         f"warm-up steps, {clock}; seqmem = SequenceModel under Trainer.fit with logging, checkpoints and diagnostics "
-        "off (scripts/benchmark_speed.py), baseline = embedding + torch's module + head in a plain loop."
+        "off (scripts/benchmarks/benchmark_speed.py), baseline = embedding + torch's module + head in a plain loop."
     )
     rows = len(ctx.table.rows)
     summary = f"{rows - len(misses)}/{rows} within target" + (f"; over: {', '.join(misses[:4])}" if misses else "")

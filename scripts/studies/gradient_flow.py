@@ -6,7 +6,7 @@ short training (same probe batch, same seed for every cell). Normalising by the 
 every cell on one scale; the dotted line is the gradient-horizon threshold 1e-3 and the dashed one
 the subject's position, whose gradient decides the task.
 
-    PYTHONPATH=. .venv/bin/python scripts/gradient_flow.py --steps 200
+    PYTHONPATH=. .venv/bin/python scripts/studies/gradient_flow.py --steps 200
 
 Writes a two-panel PNG (--out, default scripts/out/gradient_flow.png) and logs the figure to
 TensorBoard under lightning_logs/gradient_flow.

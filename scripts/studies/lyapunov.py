@@ -7,7 +7,7 @@ the step Jacobians J_t = ∂s_t/∂s_{t−1} along the probe trajectories; the g
 ‖dL_T/dh_{T−k}‖ / ‖dL_T/dh_T‖ ≥ 1e-3); and, for contrast, the spectral radius ρ(W_h), which ignores φ′
 and the gates — at initialisation and every ``--every`` training steps.
 
-    PYTHONPATH=. .venv/bin/python scripts/lyapunov.py --steps 1000 --every 100
+    PYTHONPATH=. .venv/bin/python scripts/studies/lyapunov.py --steps 1000 --every 100
 
 Writes lyapunov.png (three panels against training step: λ_1, predicted vs measured horizon, ρ(W_h))
 and lyapunov.md (the values at initialisation and after training) to --out (default scripts/out/).

@@ -2,7 +2,8 @@
 way (pytorch/examples word_language_model: seq-first nn.LSTM, ``init_hidden``, tied weights, ``log_softmax`` and
 ``nll_loss``, the hidden state carried from batch to batch), trained with a plain ``L.Trainer(callbacks=[...])``.
 
-    PYTHONPATH=. .venv/bin/python scripts/user_lm.py --text ../shared/data/tinyshakespeare/input.txt --steps 1500
+    PYTHONPATH=. .venv/bin/python scripts/studies/user_lm.py \
+        --text ../shared/data/tinyshakespeare/input.txt --steps 1500
 
 Logs every diagnostic to TensorBoard (lightning_logs/user_lm) and writes a figure (--out, default
 scripts/out/user_lm.png): ‖dL_T/dh_t‖ (the loss of the window's last position, passed to TimestepGradients as

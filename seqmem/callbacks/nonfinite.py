@@ -30,7 +30,7 @@ non-finite updates ends at the current step, so its first step and the last fini
 Cost: a few tiny kernels per update. The masked update also copies the parameters and their optimizer state
 into buffers kept for the run (Adam: three times the parameters' memory); found_inf and the host's decision copy
 nothing. On the CPU the masked update would cost about 5 % of a small model's step, which is why ``"auto"``
-leaves it to accelerators (scripts/benchmark_guard.py measures both).
+leaves it to accelerators (scripts/benchmarks/benchmark_guard.py measures both).
 """
 
 import math

@@ -84,7 +84,7 @@ class OrthogonalRNN(RecurrentNet):
         orthogonal_map: ``cayley`` (scoRNN; the default) or ``matrix_exp`` (expRNN) from skew-symmetric
             to orthogonal. Both keep W_h exactly orthogonal; the matrix exponential's backward costs an
             exponential of a 2H × 2H matrix per training step: 1.20× nn.RNN's step time at T = 120,
-            H = 128 on CPU, against 1.02× with Cayley's solves (scripts/benchmark_speed.py).
+            H = 128 on CPU, against 1.02× with Cayley's solves (scripts/benchmarks/benchmark_speed.py).
     """
 
     orthogonal = True
