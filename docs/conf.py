@@ -40,7 +40,14 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 # figures/ holds the tables and images the pages include, not pages of their own.
-exclude_patterns = ["_build", "figures", "examples/README.rst", "auto_examples/*.ipynb", "auto_examples/*.py.md5"]
+exclude_patterns = [
+    "_build",
+    "figures",
+    "sg_execution_times.rst",
+    "examples/README.rst",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py.md5",
+]
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3  # [text](page.md#a-heading) links resolve to headings of level ≤ 3

@@ -54,7 +54,29 @@ def _per_layer(view: ModuleView, curves: dict[str, Tensor]) -> dict[str, Tensor]
 
 def timestep_gradients(model: nn.Module, batch: Any, loss_fn: LossFn) -> dict[str, Tensor]:
     """‖dL/dh_t‖ of every recurrent layer at every step: ``{"<path>/layer<l>": (T,)}``, the full gradient through
-    the recurrence (what ``grad_time/*`` summarises), in each layer's own step order."""
+    the recurrence (what ``grad_time/*`` summarises), in each layer's own step order.
+
+    Example:
+        A ReLU RNN in its active regime with W_h = 0.5·I passes back exactly 0.5^k of the gradient to lag k, and
+        its Lyapunov exponents are ln 0.5:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.ModuleDict({"rnn": nn.RNN(1, 4, nonlinearity="relu", batch_first=True)})
+        >>> with torch.no_grad():
+        ...     for weight in model["rnn"].parameters():
+        ...         _ = weight.zero_()
+        ...     _ = model["rnn"].weight_hh_l0.copy_(0.5 * torch.eye(4))
+        ...     _ = model["rnn"].weight_ih_l0.fill_(1.0)
+        >>> loss_fn = lambda model, x: model["rnn"](x)[0][:, -1].sum()  # the loss at the last step
+        >>> x = torch.ones(2, 6, 1)  # (B, T, I)
+        >>> norms = timestep_gradients(model, x, loss_fn)["rnn/layer0"]  # (T,)
+        >>> (norms / norms[-1]).tolist()
+        [0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]
+        >>> exponents, _ = lyapunov_spectrum(model, x, loss_fn, k=2)["rnn/layer0"]
+        >>> torch.allclose(exponents, torch.tensor(0.5).log().expand(2))
+        True
+    """
     view = _view(model, loss_fn, "timestep_gradients")
     with probe_mode(model):
         return _per_layer(view, {k: v.detach() for k, v in hidden_grad_norms(view, batch).items()})
