@@ -1,20 +1,22 @@
 """A screenshot of seqmem's gradient-flow diagnostics in TensorBoard, taken with headless Chromium.
 
-Trains a short run of the pronoun-verb agreement task (the shipped ``agreement`` config, shortened) with every
-diagnostic probing often, starts TensorBoard on its log folder (bound to 127.0.0.1 only), opens the Time Series
-dashboard filtered to the diagnostics' tags in headless Chromium and saves what it shows as a PNG. TensorBoard
-is stopped afterwards, whatever happens.
+Trains two short runs of the pronoun-verb agreement task side by side, a vanilla tanh RNN and an LSTM (the
+shipped ``agreement`` config at length 30, subject 20 tokens back, 200 steps) with every diagnostic probing every
+25 steps; starts TensorBoard on their log folder, bound to 127.0.0.1 only; opens the Time Series dashboard
+filtered to the diagnostics' tags in headless Chromium and saves what it shows as a PNG. TensorBoard is stopped
+afterwards, whatever happens.
 
     .venv/bin/python scripts/studies/tensorboard_screenshot.py \\
         --out docs/figures/tensorboard.png --images-out docs/figures/tensorboard_images.png
 
-About a minute on a 2-core CPU, most of it training. ``--logdir DIR --no-train`` photographs a log folder that
+About 20 s on a 2-core CPU, most of it training. ``--logdir DIR --no-train`` photographs a log folder that
 already holds runs (any seqmem run: point it at ``lightning_logs``). Needs Chromium: ``apt-get install
 chromium`` (Debian/Ubuntu); ``--chromium PATH`` names another Chromium or Chrome binary.
 """
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -31,7 +33,7 @@ from PIL import Image
 OUT = Path(__file__).resolve().parents[1] / "out"
 
 # Every diagnostic of seqmem/configs/defaults.yaml, probing far more often than its defaults (which suit runs of
-# thousands of steps) so that a 300-step run draws curves with several points. A config file given after
+# thousands of steps) so that a 200-step run draws curves of several points. A config file given after
 # --config agreement replaces the defaults' whole callbacks list.
 DIAGNOSTICS_YAML = """\
 trainer:
@@ -42,43 +44,57 @@ trainer:
     - class_path: seqmem.callbacks.RecurrentSpectrum
       init_args: {every_n_steps: 25}
     - class_path: seqmem.callbacks.TimestepGradients
-      init_args: {every_n_steps: 50}
+      init_args: {every_n_steps: 25}
     - class_path: seqmem.callbacks.InputSensitivity
-      init_args: {every_n_steps: 50}
+      init_args: {every_n_steps: 25}
     - class_path: seqmem.callbacks.JacobianSpectrum
-      init_args: {every_n_steps: 50}
+      init_args: {every_n_steps: 25}
     - class_path: seqmem.callbacks.NonFiniteGuard
 """
 
-# The scalar cards of the main shot, one regex TensorBoard searches in each tag name: the pre-clip gradient norm
-# and how often it was clipped, how far back dL/dh_t reaches (measured, and as the top Lyapunov exponent
-# predicts it) and the per-timestep heatmap.
-SCALAR_TAGS = (
-    "^clip/(pre_norm|clipped_fraction)$|^grad_time/layer0/(ratio_lag10|horizon)$|^lyapunov/layer0/lambda_1$"
-    "|^grad_time/heatmap$"
-)
-IMAGE_TAGS = "heatmap$|spectrum$"  # the three figures: grad_time, sensitivity and lyapunov
-# Width of the Time Series dashboard's settings pane (TensorBoard 2.21), open by default and kept in the
-# browser's local storage, which a fresh headless profile cannot set: cut off the screenshot's right edge.
-SETTINGS_PANE_PX = 250
+# The cards of the main shot (a regex TensorBoard searches in each tag name; six cards, two a row): the gradient
+# norm before clipping and the fraction of steps clipped, the per-timestep heatmap of ||dL/dh_t|| of each run,
+# the gradient horizon and the ratio ||dL/dh_{T-10}|| / ||dL/dh_T||.
+SCALAR_TAGS = "^(clip/(pre_norm|clipped_fraction)|grad_time/(heatmap|layer0/(horizon|ratio_lag10)))$"
+IMAGE_TAGS = "^(grad_time/heatmap|sensitivity/heatmap|lyapunov/spectrum)$"  # the three figures of each run
+IMAGES_HEIGHT = 1190  # the three rows of image cards end there at 1600 px wide
 
 
-def train(logdir: Path, steps: int, clip: float) -> None:
-    """A short ``seqmem fit`` of the agreement task (LSTM, length 30, subject 20 tokens back) into ``logdir``."""
-    config = logdir / "diagnostics.yaml"
-    config.write_text(DIAGNOSTICS_YAML)
-    command = [
-        sys.executable, "-m", "seqmem.cli", "fit", "--config", "agreement", "--config", str(config),
+def fit_arguments(logdir: Path, config: Path, cell: str, steps: int) -> list[str]:
+    """The ``seqmem`` arguments of one run: the shipped agreement config shortened to length 30 (subject 20 tokens
+    back), the diagnostics of ``config``, TensorBoard logs in ``logdir/<cell>``, no checkpoints."""
+    return [
+        "fit", "--config", "agreement", "--config", str(config), "--model.cell", cell,
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "100",
-        "--trainer.gradient_clip_val", str(clip), "--trainer.enable_checkpointing", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(logdir),
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir", str(logdir), "--trainer.logger.name", cell, "--trainer.logger.version", "",
         "--data.min_len", "30", "--data.max_len", "30", "--data.distance", "20", "--data.val_batches", "2",
     ]  # fmt: skip
-    log = logdir / "train.log"
-    with log.open("w") as stream:  # Lightning's chatter goes to a file; shown only if the run breaks
-        done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"training failed (status {done.returncode}):\n{log.read_text()[-3000:]}")
+
+
+def train(logdir: Path, cells: list[str], steps: int) -> None:
+    """Short ``seqmem fit`` runs (:func:`fit_arguments`) side by side, one per cell, each a TensorBoard run named
+    by its cell in ``logdir``."""
+    config = logdir / "diagnostics.yaml"
+    config.write_text(DIAGNOSTICS_YAML)
+    for cell in cells:
+        if (logdir / cell).exists():
+            sys.exit(f"{logdir / cell} exists: give an empty --logdir, or --no-train to show it as it is")
+    # One thread per run and the runs side by side: a model this small gains little from intra-op threads, and
+    # on a busy machine several threads per process mostly wait for each other.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for cell in cells:
+        command = [sys.executable, "-m", "seqmem.cli", *fit_arguments(logdir, config, cell, steps)]
+        log = logdir / f"{cell}.log"  # Lightning's chatter goes to a file; shown only if the run breaks
+        with log.open("w") as stream:
+            runs[cell] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env), log)
+    failed = [(cell, log) for cell, (process, log) in runs.items() if process.wait() != 0]
+    for _, log in failed:
+        print(f"--- {log} ---\n{log.read_text()[-3000:]}", file=sys.stderr)
+    if failed:
+        sys.exit(f"training failed: {', '.join(cell for cell, _ in failed)}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -106,17 +122,22 @@ def wait_until_up(url: str, timeout: float, process: "subprocess.Popen | None" =
         time.sleep(0.25)
 
 
-def wait_for_runs(port: int, timeout: float) -> list:
-    """Poll TensorBoard's run list until it names a run: it reads the event files in a thread of its own after it
-    starts answering, and a page loaded before that shows no data."""
+def read_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def wait_for_runs(port: int, timeout: float) -> list[str]:
+    """Poll TensorBoard until every run it lists has its scalar tags: it reads the event files in a thread of its
+    own after it starts answering, and a page loaded before that shows empty cards."""
     deadline = time.monotonic() + timeout
     while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as answer:
-            runs = json.load(answer)
-        if runs:
+        runs = read_json(f"http://127.0.0.1:{port}/data/runs")
+        tags = read_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+        if runs and all(tags.get(run) for run in runs):
             return runs
         if time.monotonic() > deadline:
-            raise TimeoutError(f"TensorBoard found no runs within {timeout:g} s")
+            raise TimeoutError(f"TensorBoard found no runs with scalars within {timeout:g} s")
         time.sleep(0.5)
 
 
@@ -160,12 +181,10 @@ def screenshot(chromium: str, url: str, out: Path, size: tuple[int, int], budget
         sys.exit(f"chromium failed (status {done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def finish(png: Path, crop_right: int, max_width: int) -> None:
-    """Cut ``crop_right`` pixels off the right edge, shrink to at most ``max_width`` pixels wide, and save as a
-    palette PNG (a screenshot has few colours; a tenth of the bytes of the RGB file)."""
+def finish(png: Path, max_width: int) -> None:
+    """Shrink ``png`` to at most ``max_width`` pixels wide and save it with a palette: a screenshot has few
+    colours, and the file shrinks to about a third of its RGB size."""
     image = Image.open(png).convert("RGB")
-    if crop_right:
-        image = image.crop((0, 0, image.width - crop_right, image.height))
     if image.width > max_width:
         image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
     image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
@@ -173,22 +192,30 @@ def finish(png: Path, crop_right: int, max_width: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT / "tensorboard.png", help="PNG of the scalar diagnostics")
+    parser.add_argument(
+        "--out", type=Path, default=OUT / "tensorboard.png", help="PNG of the scalar diagnostics (%(default)s)"
+    )
     parser.add_argument("--images-out", type=Path, help="also a PNG of the heatmap and spectrum images")
     parser.add_argument(
         "--logdir", type=Path, help="log folder to train into and show (default: a temporary one, removed after)"
     )
     parser.add_argument("--no-train", action="store_true", help="show --logdir as it is, without training")
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument(
-        "--clip", type=float, default=0.15, help="gradient-norm clipping threshold (low, so that clipping shows)"
+        "--cells", nargs="+", default=["vanilla", "lstm"], help="one run per cell, side by side (vanilla lstm)"
     )
-    parser.add_argument("--tags", default=SCALAR_TAGS, help="regex of the tags in the main shot")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of each run (%(default)s)")
+    parser.add_argument("--tags", default=SCALAR_TAGS, help="regex of the tags in the main shot (six cards)")
     parser.add_argument("--port", type=int, help="TensorBoard's port (default: a free one)")
     parser.add_argument("--chromium", help="Chromium or Chrome binary (default: chromium on PATH)")
-    parser.add_argument("--size", type=int, nargs=2, default=(1600, 1320), metavar=("W", "H"), help="window size")
-    parser.add_argument("--budget", type=int, default=20000, help="Chromium's virtual-time budget (ms) per shot")
-    parser.add_argument("--max-width", type=int, default=1200, help="shrink the PNGs to at most this width")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=(1600, 1370), metavar=("W", "H"), help="window size (1600 1370)"
+    )
+    parser.add_argument(
+        "--budget", type=int, default=20000, help="Chromium's virtual-time budget per shot, ms (%(default)s)"
+    )
+    parser.add_argument(
+        "--max-width", type=int, default=1600, help="shrink the PNGs to at most this width (%(default)s)"
+    )
     args = parser.parse_args()
     if args.no_train and args.logdir is None:
         parser.error("--no-train needs --logdir")
@@ -199,8 +226,8 @@ def main() -> None:
         logdir = args.logdir or Path(scratch)
         logdir.mkdir(parents=True, exist_ok=True)
         if not args.no_train:
-            train(logdir, args.steps, args.clip)
-            print(f"trained {args.steps} steps into {logdir} in {time.perf_counter() - start:.0f} s")
+            train(logdir, args.cells, args.steps)
+            print(f"trained {', '.join(args.cells)} ({args.steps} steps) in {time.perf_counter() - start:.0f} s")
         port = args.port or free_port()
         tensorboard = Path(sys.executable).with_name("tensorboard")  # the one installed beside this Python
         server = subprocess.Popen(
@@ -212,13 +239,15 @@ def main() -> None:
         try:
             wait_until_up(f"http://127.0.0.1:{port}/", timeout=60, process=server)
             print(f"TensorBoard on port {port}, runs: {', '.join(wait_for_runs(port, timeout=60))}")
-            shots = [(args.out, dashboard_url(port, "timeseries", args.tags), SETTINGS_PANE_PX)]
+            width, height = args.size
+            shots = [(args.out, args.tags, height)]
             if args.images_out:
-                shots.append((args.images_out, dashboard_url(port, "timeseries", IMAGE_TAGS), SETTINGS_PANE_PX))
-            for out, url, crop in shots:
+                shots.append((args.images_out, IMAGE_TAGS, IMAGES_HEIGHT))
+            for out, tags, window_height in shots:
+                url = dashboard_url(port, "timeseries", tags)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                screenshot(chromium, url, out, tuple(args.size), args.budget)
-                finish(out, crop, args.max_width)
+                screenshot(chromium, url, out, (width, window_height), args.budget)
+                finish(out, args.max_width)
                 print(f"{out} ({out.stat().st_size / 1024:.0f} KB): {url}")
         finally:  # never leave the server running, even after an error or Ctrl-C
             server.terminate()
