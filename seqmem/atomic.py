@@ -6,7 +6,10 @@ then renamed over the target with :func:`os.replace`, which is atomic on POSIX a
 file or the new one, never part of one. A failed write removes its temporary file and raises
 :class:`~seqmem.errors.WriteError` naming the target and the OS's reason; the old file is untouched. The temporary
 file of a write that was killed (SIGKILL, power loss) cannot be removed by it; the next write of the same target
-removes it, so one writer per file is assumed (in a DDP run only rank 0 writes).
+removes it, so one writer per file is assumed (in a DDP run only rank 0 writes). A writer holds a lock
+(``flock``) on its temporary file until it is renamed, so that :func:`remove_stale_temps` can tell the temporary
+files of killed writes, which a run removes from its whole folder tree when it starts, from those of writes under
+way in other processes (another run in a sibling folder), which it leaves.
 
     with replaced(path) as file:          # binary; replaced(path, "w", newline="") for text
         torch.save(checkpoint, file)
@@ -14,15 +17,25 @@ removes it, so one writer per file is assumed (in a DDP run only rank 0 writes).
 
 import glob
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Optional
 
 from seqmem.errors import WriteError, os_error_behind
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no telling a killed write's temporary file from a live one
+    fcntl = None
+
 TEMP_SUFFIX = ".tmp"
+#: The name of every temporary file :func:`temp_path` makes, and of nothing else seqmem or Lightning writes.
+TEMP_NAME = re.compile(rf"\..+\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+#: How deep under a root :func:`remove_stale_temps` looks: ``version_N/checkpoints/`` is two folders down.
+TEMP_DEPTH = 2
 
 
 def temp_path(path: Path) -> Path:
@@ -33,6 +46,58 @@ def temp_path(path: Path) -> Path:
 def stale_temps(path: Path) -> list[Path]:
     """Temporary files of earlier writes of ``path`` that never finished (the process was killed)."""
     return list(path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"))
+
+
+def remove_stale_temps(root: Any) -> list[Path]:
+    """Remove the temporary files of killed writes in ``root`` and its folders down to :data:`TEMP_DEPTH` (a
+    logger's root: ``version_N/`` and ``version_N/checkpoints/``); return them.
+
+    Only files named as :func:`temp_path` names them, and only those whose writer is gone: a write under way holds
+    a lock on its file, which the process's end releases. Where there are no such locks (Windows), nothing is
+    removed: the next write of the same target removes its own (:func:`replaced`).
+    """
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
+    for depth in range(TEMP_DEPTH + 1):
+        for path in Path(root).glob("/".join(["*"] * depth + [f".*{TEMP_SUFFIX}"])):
+            if TEMP_NAME.fullmatch(path.name) and _remove_unlocked(path):
+                removed.append(path)
+    return removed
+
+
+def _remove_unlocked(path: Path) -> bool:
+    """Remove ``path`` (a regular file, never a link) if no process holds its lock; whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # gone already, a link, or not ours to read
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
+        os.unlink(path)  # while holding the lock: a writer that locks it after this sees it unlinked (_create)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path) -> tuple[int, Optional[int], Path]:
+    """A new temporary file beside ``path``, open for writing: its descriptor, a second descriptor of the same open
+    file that holds its lock (see :func:`remove_stale_temps`) until the caller closes it after the rename, or None
+    where files cannot be locked, and its path."""
+    for _ in range(10):
+        temp = temp_path(path)
+        # O_EXCL: never write into a file someone else made; 0o666 minus the umask, as open() would give.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a remove_stale_temps that opened it in between
+        except (AttributeError, OSError):  # no fcntl (Windows), or a file system without locks: never removed
+            return fd, None, temp
+        if os.fstat(fd).st_nlink > 0:
+            return fd, os.dup(fd), temp
+        os.close(fd)  # removed in that moment, as a killed write's would be: take another name
+    raise OSError(f"the temporary files beside {path} keep being removed")
 
 
 @contextmanager
@@ -53,10 +118,8 @@ def replaced(path: Any, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
     for stale in stale_temps(path):
         with suppress(OSError):
             stale.unlink()
-    temp = temp_path(path)
     try:
-        # O_EXCL: never write into a file someone else made; 0o666 minus the umask, as open() would give.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        fd, lock, temp = _create(path)
     except OSError as error:
         raise WriteError.of(error, path) from error
     try:
@@ -72,6 +135,9 @@ def replaced(path: Any, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
         if cause is None or isinstance(error, WriteError):
             raise
         raise WriteError.of(cause, path) from error
+    finally:
+        if lock is not None:  # held until here: the temporary file is no temporary file any more
+            os.close(lock)
     sync_folder(path.parent)
 
 

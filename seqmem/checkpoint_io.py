@@ -61,13 +61,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, whose ``save_last="link"`` replaces ``last.ckpt`` in one rename.
+    """Lightning's ModelCheckpoint, whose ``save_last="link"`` replaces ``last.ckpt`` in one rename, and which
+    removes the temporary files of killed writes from the run's folder tree when a fit starts.
 
     Every argument is ModelCheckpoint's. With ``save_last=True`` (what ``seqmem`` uses) ``last.ckpt`` is a save
     like any other, atomic under :class:`AtomicCheckpointIO`; with ``"link"`` the new link (or copy, where links
     are refused) is made beside ``last.ckpt`` and renamed over it, so a kill at any moment leaves the old link or
     the new one.
     """
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            self._remove_stale_temps(trainer)
+
+    def _remove_stale_temps(self, trainer: L.Trainer) -> None:
+        """Remove the temporary files that killed writes left in this run's folder tree: the logger's root (all
+        its ``version_N`` folders) and the checkpoint folder; a kill leaves one (up to a checkpoint's size) that
+        no later write of the same file would remove when later runs go to new folders. Those of writes under way
+        in other runs stay (:func:`seqmem.atomic.remove_stale_temps`)."""
+        roots = {getattr(trainer.logger, "root_dir", None), self.dirpath}
+        for root in roots - {None}:
+            if isinstance(get_filesystem(root), LocalFileSystem) and os.path.isdir(root):
+                atomic.remove_stale_temps(root)
 
     @staticmethod
     @override

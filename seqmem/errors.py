@@ -7,6 +7,8 @@ allowed, or the file and the OS's reason.
 """
 
 import errno as errno_names
+import os
+import re
 import sys
 from typing import Any, Iterator, NoReturn, Optional, get_args
 
@@ -20,13 +22,34 @@ class ConfigError(ValueError):
     """A user-facing configuration error: one line naming the option and the allowed values."""
 
 
+#: A terminal escape sequence: CSI (``ESC [ 1 m``, bold), OSC (``ESC ] ... BEL``, a window title), or ESC and one
+#: character. torch's refusal of a pickle prints bold so; quoted in an error line it would restyle the terminal.
+TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def printable(text: str) -> str:
+    r"""``text`` without terminal escape sequences, and with every other character that a terminal would not show
+    as itself (a control character, a stray ESC) written as Python writes it in a string (``\x07``).
+
+    Example:
+        >>> printable("\x1b[1mdo this\x1b[0m only\x07")
+        'do this only\\x07'
+    """
+    text = TERMINAL_ESCAPE.sub("", text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """``text`` cut to at most ``limit`` characters, saying how long it was: user data can be megabytes.
+    """``text`` made printable (:func:`printable`) and cut to at most ``limit`` characters, saying how long it was:
+    user data can be megabytes.
 
     Example:
         >>> shorten("x" * 1000, limit=20)
         'xxxxxx… (1000 chars)'
     """
+    text = printable(text)
     if len(text) <= limit:
         return text
     tail = f"… ({len(text)} chars)"
@@ -81,15 +104,15 @@ class WriteError(OSError):
         "cannot write 'runs/last.ckpt': No space left on device [ENOSPC]"
     """
 
-    def __init__(self, errno: Optional[int], strerror: str, filename: str, kind: str = "", note: str = ""):
-        super().__init__(errno, strerror, filename)
+    def __init__(self, errno: Optional[int], strerror: str, filename: Any, kind: str = "", note: str = ""):
+        super().__init__(errno, strerror, path_text(filename))
         self.kind = kind
         self.note = note
 
     @classmethod
     def of(cls, error: OSError, filename: Any, kind: str = "", note: str = "") -> "WriteError":
         """``error`` (raised while writing ``filename``) as a WriteError naming ``filename``."""
-        return cls(error.errno, error.strerror or str(error) or type(error).__name__, str(filename), kind, note)
+        return cls(error.errno, error.strerror or str(error) or type(error).__name__, filename, kind, note)
 
     def __str__(self) -> str:
         code = errno_names.errorcode.get(self.errno) if self.errno is not None else None
@@ -99,9 +122,43 @@ class WriteError(OSError):
         return f"{line}; {self.note}" if self.note else line
 
 
+class Terminated(BaseException):
+    """The process was sent SIGTERM: raised by the handler the ``seqmem`` command installs, wherever the process
+    is, so that it stops at once (Lightning's own handler only sets a flag that its loops read between batches).
+
+    A BaseException, as KeyboardInterrupt is: no ``except Exception`` on the way swallows it, while ``finally``
+    blocks and Lightning's teardown still run (an atomic write removes its temporary file).
+
+    Args:
+        note: what the line adds (where the last good checkpoint is).
+    """
+
+    def __init__(self, note: str = ""):
+        super().__init__(note)
+        self.note = note
+
+    def __str__(self) -> str:
+        return f"stopped by SIGTERM; {self.note}" if self.note else "stopped by SIGTERM"
+
+
+def path_text(filename: Any) -> str:
+    """``filename`` as the path a user types: a bytes name (TensorBoard opens its events file by one, and the OS
+    error carries it so) decoded as the OS encodes names, not ``"b'/runs/...'"``; a Path as its text.
+
+    Example:
+        >>> path_text(b"/runs/events.out.tfevents.1")
+        '/runs/events.out.tfevents.1'
+    """
+    return os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else str(filename)
+
+
 def chain(error: Optional[BaseException]) -> Iterator[BaseException]:
     """``error`` and the exceptions behind it, outermost first, as a traceback shows them (``__cause__``, else
-    ``__context__`` unless suppressed by ``raise ... from None``)."""
+    ``__context__`` unless suppressed by ``raise ... from None``).
+
+    Every walk of a chain goes through this: each exception is yielded once, so a chain that loops back on itself
+    (an exception raised again while a later one that it caused is handled) ends instead of spinning forever.
+    """
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -126,20 +183,19 @@ def write_error(error: BaseException) -> Optional[WriteError]:
 
 def config_error(error: Optional[BaseException]) -> Optional[ConfigError]:
     """The ConfigError behind ``error``: jsonargparse re-raises errors of the classes it instantiates (the
-    datamodule's arguments) as a ValueError chained to the original."""
-    while error is not None and not isinstance(error, ConfigError):
-        error = error.__cause__ or error.__context__
-    return error
+    datamodule's arguments) as a ValueError chained to the original. Walked by :func:`chain`: a chain that loops
+    back on itself (an error raised again while it is being reported) ends."""
+    return next((e for e in chain(error) if isinstance(e, ConfigError)), None)
 
 
 def error_line(error: BaseException) -> Optional[str]:
     """The one line a user sees for ``error``: a ConfigError behind it, or the file a run could not write; None
     for anything else (a bug: the traceback is what helps)."""
     found = config_error(error) or write_error(error)
-    return None if found is None else " ".join(str(found).split())
+    return None if found is None else printable(" ".join(str(found).split()))
 
 
 def fail(message: str) -> NoReturn:
     """Bad input, or a file a run could not write: one line on stderr, no traceback, exit status 2 (argparse's)."""
-    print(f"seqmem: error: {message}", file=sys.stderr)
+    print(f"seqmem: error: {printable(message)}", file=sys.stderr)  # whatever a message quotes, a line stays a line
     sys.exit(2)

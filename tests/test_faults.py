@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import lightning as L
@@ -86,6 +85,41 @@ def test_the_temporary_file_of_a_killed_write_goes_with_the_next_write(tmp_path)
     assert path.read_text() == "new" and temps(tmp_path) == []
 
 
+@pytest.mark.skipif(atomic.fcntl is None, reason="no file locks (fcntl) here: stale temporaries stay in other folders")
+def test_stale_temporary_files_under_a_root_go_and_a_live_writers_stays(tmp_path):
+    checkpoints = tmp_path / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    stale = [atomic.temp_path(checkpoints / "last.ckpt"), atomic.temp_path(checkpoints / "epoch=0-step=4.ckpt")]
+    stale.append(atomic.temp_path(tmp_path / "version_0" / "predictions.pt"))
+    others = [checkpoints / ".notes.tmp", checkpoints / "x.ckpt.1a2b3c4d.tmp", tmp_path / "last.ckpt"]
+    too_deep = atomic.temp_path(checkpoints / "a" / "b" / "last.ckpt")  # not a folder Lightning or seqmem makes
+    too_deep.parent.mkdir(parents=True)
+    for path in [*stale, *others, too_deep]:
+        path.write_bytes(b"half a file")
+    (tmp_path / "version_1").mkdir()
+    with atomic.replaced(tmp_path / "version_1" / "last.ckpt") as live:  # another run's write, under way
+        removed = atomic.remove_stale_temps(tmp_path)
+        live.write(b"still being written")
+    assert sorted(removed) == sorted(stale)
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in [*others, too_deep])
+    assert (tmp_path / "version_1" / "last.ckpt").read_bytes() == b"still being written"
+    assert temps(tmp_path / "version_1") == []
+
+
+@pytest.mark.skipif(atomic.fcntl is None, reason="no file locks (fcntl) here")
+def test_a_write_whose_temporary_file_is_removed_before_it_is_locked_takes_another(tmp_path, monkeypatch):
+    real_flock, removed = atomic.fcntl.flock, []
+
+    def removed_first(fd, operation):
+        if operation == atomic.fcntl.LOCK_EX and not removed:  # the writer's lock, the first time: a
+            removed.extend(atomic.remove_stale_temps(tmp_path))  # remove_stale_temps came in between
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(atomic.fcntl, "flock", removed_first)
+    atomic.write_text(tmp_path / "trials.csv", "new")
+    assert len(removed) == 1 and (tmp_path / "trials.csv").read_text() == "new" and temps(tmp_path) == []
+
+
 def test_errors_other_than_os_errors_propagate_and_leave_the_old_file(tmp_path):
     path = tmp_path / "trials.csv"
     path.write_text("old")
@@ -101,6 +135,28 @@ def test_a_write_error_survives_pickling_and_reads_as_one_line():
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.errno, copy.filename, copy.note) == (errno.ENOSPC, "/runs/x.ckpt", "the last good one is y")
     assert error_line(copy) == f"cannot write '/runs/x.ckpt': {ENOSPC}; the last good one is y"
+
+
+# A failure raised again while its report is made can chain two exceptions to each other: each walk of the chain
+# must end. Run in a child process, so that an endless walk fails the test at its timeout instead of hanging it.
+CYCLE = """
+import errno
+from seqmem.errors import WriteError, config_error, error_line, os_error_behind, write_error
+write = WriteError(errno.ENOSPC, "No space left on device", "/runs/last.ckpt")
+cause = OSError(errno.ENOSPC, "No space left on device")
+write.__cause__, cause.__context__ = cause, write  # raise WriteError from OSError, then the OSError again
+print(config_error(cause), error_line(cause), write_error(cause) is write, os_error_behind(write) is not None)
+loop = RuntimeError("a bug")
+loop.__context__ = ValueError("behind it")
+loop.__context__.__context__ = loop
+print(config_error(loop), error_line(loop))
+"""
+
+
+def test_an_exception_chain_that_loops_back_on_itself_is_walked_once():
+    done = subprocess.run([sys.executable, "-c", CYCLE], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [f"None cannot write '/runs/last.ckpt': {ENOSPC} True True", "None None"]
 
 
 def test_a_link_replaces_the_old_one_in_one_rename_or_is_a_copy_where_links_are_refused(tmp_path, monkeypatch):
@@ -140,6 +196,17 @@ def test_save_last_link_points_at_the_newest_checkpoint(workdir):
     last = folder / "last.ckpt"
     assert last.is_symlink() and os.readlink(last) == "epoch=0-step=4.ckpt" and checkpoint_step(last) == 4
     assert temps(folder) == []
+
+
+@pytest.mark.skipif(atomic.fcntl is None, reason="no file locks (fcntl) here: stale temporaries stay in other folders")
+def test_the_next_run_removes_stale_temporary_checkpoints_of_older_runs_in_its_tree(workdir):
+    run_cli(fit_args(workdir, *ADDING, "--trainer.max_steps", "2"))
+    old = workdir / "lightning_logs" / "version_0" / "checkpoints"
+    killed = [atomic.temp_path(old / "last.ckpt"), atomic.temp_path(old / "epoch=0-step=4.ckpt")]  # kills mid-write
+    for path in killed:
+        path.write_bytes(b"half a checkpoint")
+    run_cli(fit_args(workdir, *ADDING, "--trainer.max_steps", "2"))  # version_1
+    assert temps(old) == [] and checkpoint_step(old / "last.ckpt") == 2
 
 
 # ---- a full disk mid-run ---------------------------------------------------------------------------------------
@@ -198,6 +265,26 @@ def test_tensorboard_events_that_cannot_be_written_are_one_line_without_a_traceb
     assert line == f"seqmem: error: cannot write the TensorBoard events in {str(run)!r}: {ENOSPC}"
 
 
+def test_a_read_only_events_file_is_named_as_a_plain_path(workdir, capsys, monkeypatch):
+    # TensorBoard opens its events file by a bytes name: the OS error carries it as bytes.
+    from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+
+    def read_only(self, filename, file_content, binary_mode=False):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), filename)
+
+    monkeypatch.setattr(LocalFileSystem, "append", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(workdir, *ADDING, "--trainer.max_steps", "4"))
+    assert exit_info.value.code == 2
+    (line,) = error_lines(capsys)
+    events = f"{workdir / 'lightning_logs' / 'version_0'}{os.sep}events.out.tfevents."
+    assert line.startswith(f"seqmem: error: cannot write '{events}")
+    assert line.endswith(": Read-only file system [EROFS]")
+    assert str(WriteError(errno.EROFS, "Read-only file system", b"/runs/x")) == (
+        "cannot write '/runs/x': Read-only file system [EROFS]"
+    )
+
+
 def test_a_config_yaml_that_cannot_be_written_is_one_line(workdir, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
@@ -208,6 +295,28 @@ def test_a_config_yaml_that_cannot_be_written_is_one_line(workdir, capsys, monke
     assert exit_info.value.code == 2
     config = workdir / "lightning_logs" / "version_0" / "config.yaml"
     assert error_lines(capsys) == [f"seqmem: error: cannot write {str(config)!r}: Disk quota exceeded [EDQUOT]"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device whose writes fail with ENOSPC)")
+def test_an_hparams_yaml_that_cannot_be_written_is_one_line_naming_it_and_no_empty_file(workdir, capsys, monkeypatch):
+    # Lightning's loggers write hparams.yaml through fsspec: the file is made, then its bytes meet a full disk.
+    from fsspec.implementations.local import LocalFileOpener
+
+    real_open = LocalFileOpener._open
+
+    def full_at_hparams(self):
+        real_open(self)
+        if Path(self.path).name == "hparams.yaml" and "w" in self.mode:
+            self.f.close()
+            self.f = open("/dev/full", self.mode)  # closed by the opener
+
+    monkeypatch.setattr(LocalFileOpener, "_open", full_at_hparams)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(workdir, *ADDING, "--trainer.max_steps", "2"))
+    assert exit_info.value.code == 2
+    hparams = workdir / "lightning_logs" / "version_0" / "hparams.yaml"
+    assert error_lines(capsys) == [f"seqmem: error: cannot write {str(hparams)!r}: {ENOSPC}"]
+    assert not hparams.exists()  # Lightning writes it only where there is none: an empty one would stay empty
 
 
 def test_predictions_that_cannot_be_written_are_one_line_and_no_partial_file(workdir, capsys, monkeypatch):
@@ -222,6 +331,22 @@ def test_predictions_that_cannot_be_written_are_one_line_and_no_partial_file(wor
     predictions = workdir / "lightning_logs" / "version_1" / "predictions.pt"
     assert error_lines(capsys) == [f"seqmem: error: cannot write {str(predictions)!r}: {ENOSPC}"]
     assert not predictions.exists() and temps(predictions.parent) == []
+
+
+def test_a_full_disk_under_ddp_is_one_line_from_rank_0_and_the_other_rank_is_quiet(workdir):
+    # Rank 0 fails at step 4's last.ckpt and exits; rank 1, waiting for it at the save's barrier, loses its peer.
+    ddp = "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp --trainer.max_steps 8".split()
+    args = fit_args(workdir, *ADDING, "--checkpoint.save_top_k", "0", *ddp, *full_disk_from(3))
+    command = [sys.executable, "-m", "seqmem.cli", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert done.returncode == 2, done.stderr[-4000:]
+    assert "Traceback" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-4000:]
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert [line for line in done.stderr.splitlines() if line.startswith("seqmem: error:")] == [
+        f"seqmem: error: cannot write {str(last)!r}: {ENOSPC}; the last good checkpoint {str(last)!r} (step 2) "
+        "is intact: resume with --ckpt_path last"
+    ]
+    assert checkpoint_step(last) == 2 and temps(last.parent) == []
 
 
 # ---- a kill mid-write ------------------------------------------------------------------------------------------
@@ -269,29 +394,98 @@ def test_a_kill_mid_checkpoint_leaves_the_last_good_one(workdir, capsys):
     assert checkpoint_step(last) == 2  # the kill came mid-write of step 4's
     main(["validate", "--trainer.default_root_dir", str(workdir / "eval"), *QUIET, *args, "--ckpt_path", str(last)])
     assert error_lines(capsys) == []
-    # The next run resumes from it; the temporary file of the killed write goes with its first save.
+    # The next run resumes from it; the temporary file of the killed write goes when it starts.
     assert len(temps(last.parent)) == 1
     (run / "config.yaml").unlink()
     assert run_cli(resume).trainer.global_step == 4
     assert checkpoint_step(last) == 4 and temps(last.parent) == []
 
 
+# ---- SIGTERM ---------------------------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a ``seqmem`` child process that imports seqmem and tests/faults.py from this checkout."""
+    paths = [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def terminate(child: subprocess.Popen) -> tuple[float, str]:
+    """SIGTERM ``child``; the seconds it took to exit and what it printed on stderr (it must exit within 30 s)."""
+    start = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    return time.monotonic() - start, err
+
+
+# The child's run never ends, in a loop of Python code that reads no flag (as a walk of a looping chain did).
+STUCK = """
+import sys
+import seqmem.cli
+def stuck(args):
+    print("running", flush=True)
+    while True:
+        pass
+seqmem.cli.run_cli = stuck
+seqmem.cli.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_stops_a_stuck_seqmem_at_once_with_one_line():
+    command = [sys.executable, "-c", STUCK, "fit", "--config", "adding"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), text=True)
+    try:
+        assert child.stdout.readline().strip() == "running"
+        seconds, err = terminate(child)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and seconds < 10, (child.returncode, seconds, err[-2000:])
+    assert err.splitlines() == ["seqmem: error: stopped by SIGTERM"], err[-2000:]
+
+
+def test_sigterm_stops_a_running_fit_in_seconds_with_one_line_and_a_good_checkpoint(workdir):
+    args = fit_args(workdir, *ADDING, "--checkpoint.save_top_k", "0", "--trainer.max_steps", "100000")
+    command = [sys.executable, "-m", "seqmem.cli", *args]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), text=True)
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last.exists(), "no checkpoint within 120 s"
+        seconds, err = terminate(child)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and seconds < 15, (child.returncode, seconds, err[-2000:])
+    assert "Traceback" not in err, err[-4000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("seqmem: error:")]
+    assert line.startswith(f"seqmem: error: stopped by SIGTERM; the last good checkpoint {str(last)!r} (step ")
+    assert line.endswith(") is intact: resume with --ckpt_path last")
+    assert checkpoint_step(last) > 0 and temps(last.parent) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ddp_fit_with_one_line_for_all_its_ranks(workdir):
+    # Lightning passes the SIGTERM of rank 0 on to the other ranks: each stops; only rank 0 says so.
+    ddp = "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp --trainer.max_steps 100000".split()
+    command = [sys.executable, "-m", "seqmem.cli", *fit_args(workdir, *ADDING, "--checkpoint.save_top_k", "0", *ddp)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), text=True)
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 180
+        while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last.exists(), "no checkpoint within 180 s"
+        seconds, err = terminate(child)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and seconds < 30, (child.returncode, seconds, err[-2000:])
+    assert "Traceback" not in err, err[-4000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("seqmem: error:")]
+    assert line.startswith("seqmem: error: stopped by SIGTERM; the last good checkpoint")
+
+
 # ---- a real file system that fills up --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 3 MiB tmpfs (root only, where mounts are allowed); skips with the reason elsewhere."""
-    disk = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({' '.join(done.stderr.split()) or 'mount failed'})")
-    yield disk
-    for _ in range(20):  # a writer thread may still hold a file for a moment
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.5)
 
 
 def test_a_full_file_system_is_one_line_and_the_last_good_checkpoint_survives(small_disk, workdir, capsys):
