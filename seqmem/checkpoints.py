@@ -2,14 +2,17 @@
 
 A checkpoint loads (``fit`` resumes it; ``validate``, ``test``, ``predict`` evaluate it) only into the model it
 was trained as: the same task — its :class:`TaskSpec` (sizes, loss, readout, baseline, buckets), so the data
-options that shape it (sequence length, vocabulary, lexicon, ...) — and the same architecture
-(:data:`ARCHITECTURE`). The command builds its model from its own config and options as always; nothing is
-taken from the checkpoint's hyperparameters, so a value that disagrees is an error, never silently replaced.
+options that change it (the vocabulary, lexicon or corpus; copy's ``seq_len``, whose chance baseline depends on
+it; agreement's ``max_len`` where it changes the distance buckets) — and the same architecture
+(:data:`ARCHITECTURE`); and its weights must fit the model its settings describe (:func:`weights_mismatch`).
+The command builds its model from its own config and options as always; nothing is taken from the checkpoint's
+hyperparameters, so a value that disagrees is an error, never silently replaced.
 
 Free to differ on resume: every ``trainer.*`` option (``max_steps``, ``val_check_interval``, callbacks, ...);
 the optimisation options ``model.tbptt_steps``, ``model.gradient_clip_val``, ``model.gradient_clip_algorithm``;
 and the data options that leave the TaskSpec as it was (``batch_size``, ``train_batches``, ``val_batches``,
-``seed``, ``cache_dir``). The optimizer and scheduler state, learning rates included, come back from the
+``seed``, ``cache_dir``; the ``seq_len`` of adding and lm, on which no weight depends; agreement's ``min_len``,
+``distance``, ``attractor_prob``). The optimizer and scheduler state, learning rates included, come back from the
 checkpoint, so ``model.optimizer.*``, ``model.lr_scheduler.*`` and ``model.orthogonal_lr_scale`` act on a
 fresh run only.
 """
@@ -94,6 +97,39 @@ def mismatch(checkpoint: dict[str, Any], model: SequenceModel, data: TaskDataMod
     return None
 
 
+def weights_mismatch(checkpoint: dict[str, Any], model: SequenceModel) -> Optional[str]:
+    """Why the weights of ``checkpoint`` do not fit ``model``, built from the checkpoint's own settings (which
+    :func:`mismatch` found equal to the command's); None when every weight is there in its shape.
+
+    A checkpoint's settings and weights are written together, so they disagree only in a damaged or hand-made
+    file; loading it would end in ``load_state_dict``'s traceback after the run folder is made.
+    """
+    saved = checkpoint["state_dict"]
+    if not isinstance(saved, dict):
+        return f"holds no weights: its state_dict is a {type(saved).__name__}, not a dict of tensors"
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    found = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else None for name, value in saved.items()}
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    reshaped = [name for name in expected if name in found and found[name] != expected[name]]
+    if not (missing or unexpected or reshaped):
+        return None
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+    count = "all" if len(missing) == len(expected) else f"{len(missing)} of the"
+    parts = [f"{count} {len(expected)} weights missing ({some(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected else []
+    if reshaped:
+        first = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape ({first} is {found[first]}, the settings make {expected[first]})"
+        )
+    cell = quote(model.hparams["cell"])
+    return f"holds weights that do not fit the model its settings describe (model.cell {cell}): {'; '.join(parts)}"
+
+
 def changed_data_options(checkpoint: dict[str, Any], data: TaskDataModule) -> str:
     """``" (data options that differ: data.seq_len 100 there, 200 here)"``, or "" when none does."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -107,13 +143,14 @@ def changed_data_options(checkpoint: dict[str, Any], data: TaskDataModule) -> st
 
 def newest_match(root: Path, model: SequenceModel, data: TaskDataModule) -> tuple[Optional[Path], int]:
     """The newest ``*/checkpoints/last*.ckpt`` under ``root`` that ``model`` may load, and how many newer ones
-    (another task or model, or unreadable) were passed over; ``(None, count)`` when none matches."""
+    (another task or model, unreadable, or with weights that do not fit its settings) were passed over;
+    ``(None, count)`` when none matches."""
     found = sorted(root.glob("*/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
     for passed, path in enumerate(found):
         try:
             checkpoint = load_checkpoint(path)
         except ConfigError:
             continue
-        if mismatch(checkpoint, model, data) is None:
+        if mismatch(checkpoint, model, data) is None and weights_mismatch(checkpoint, model) is None:
             return path, passed
     return None, len(found)

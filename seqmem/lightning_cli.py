@@ -3,10 +3,12 @@
 run it; it imports neither.
 """
 
+import re
 import sys
 import tempfile
 import threading
 import traceback
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,9 +23,10 @@ from typing_extensions import override
 
 from seqmem.callbacks.predictions import PredictionWriter
 from seqmem.checkpoint_io import AtomicCheckpointIO, AtomicModelCheckpoint
-from seqmem.checkpoints import load_checkpoint, mismatch, newest_match
+from seqmem.checkpoints import load_checkpoint, mismatch, newest_match, weights_mismatch
 from seqmem.configs import DEFAULTS, TASK_CONFIGS, find_config
-from seqmem.errors import PATH_QUOTE_LIMIT, ConfigError, WriteError, chain, quote, require, shorten
+from seqmem.errors import PATH_QUOTE_LIMIT, ConfigError, Terminated, WriteError, chain, quote, require, shorten
+from seqmem.memory import check_batch_fits, host_memory, human, value_bytes
 from seqmem.module import SequenceModel
 from seqmem.tasks import TaskDataModule
 
@@ -106,6 +109,8 @@ class SeqmemCLI(LightningCLI):
         if self.subcommand is None:
             return
         self._check_writable()
+        self._check_memory()
+        self.datamodule.check_stage(self.subcommand, self.trainer.world_size)
         arguments = self.config_init[self.subcommand]
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = self._last_checkpoint()
@@ -118,13 +123,27 @@ class SeqmemCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except OSError as error:  # a file the run could not write: Lightning has stopped it and closed the logs
             raise self._write_error(error) from error
+        except Terminated as stop:  # SIGTERM (seqmem.cli.main): say where to resume from
+            stop.note = self._last_good_checkpoint() if self.subcommand == "fit" else ""
+            raise
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            reason = out_of_memory(error)
+            if reason is None:
+                raise
+            # The estimate before the run (_check_memory) is a lower bound; a batch beyond it ends here.
+            raise ConfigError(
+                f"out of memory: {reason}; lower data.batch_size, the sequence length or model.hidden_size"
+            ) from error
 
     def _write_error(self, error: OSError) -> WriteError:
         """``error`` as one line: the file it could not write (or what it was writing and where), the cause, and
         the last good checkpoint, which a failed write leaves as it was.
 
         The TensorBoard writer writes in a thread of its own and raises its error later, with no file name, from
-        whichever call comes next; a run that stops on another error raises it again while closing its logs.
+        whichever call comes next; a run that stops on another error raises it again while closing its logs. The
+        logger's ``hparams.yaml`` (Lightning's ``save_hparams_to_yaml``) fails with no file name too, when its
+        bytes are flushed: what it left is removed, since the logger writes the file only where there is none
+        and would leave a partial one as it is for good (a resumed run, a sweep's retried trial).
         """
         found = next((e for e in chain(error) if isinstance(e, WriteError)), None)
         folder = run_folder(self.trainer)
@@ -132,6 +151,10 @@ class SeqmemCLI(LightningCLI):
             where, kind = found.filename, found.kind
         elif error.filename is not None:
             where, kind = error.filename2 or error.filename, ""  # a move or copy: its destination
+        elif raised_in(error, ("lightning.pytorch.core.saving",)):
+            where, kind = folder / getattr(self.trainer.logger, "NAME_HPARAMS_FILE", "hparams.yaml"), ""
+            with suppress(OSError):
+                where.unlink()
         elif raised_in(error, ("tensorboard.", "torch.utils.tensorboard")):
             where, kind = folder, "the TensorBoard events in"
         else:
@@ -175,18 +198,40 @@ class SeqmemCLI(LightningCLI):
         if logger is not None and logger.save_dir not in (None, self.trainer.default_root_dir):
             require_writable(Path(logger.save_dir), "the save_dir of trainer.logger")
 
-    def _check_checkpoint(self, ckpt_path: str) -> None:
-        """Refuse a checkpoint that is unreadable or of another task or model.
+    def _check_memory(self) -> None:
+        """Refuse a batch too large for this machine, with the figure, before the first one is drawn.
+
+        The batch is made in host memory; the model's activations are counted there too on a CPU run. On a GPU
+        they are not checked ahead (reading its memory would initialise CUDA before a forked DDP launch): an out
+        of memory there is one line when it happens.
 
         Raises:
-            ConfigError: naming ``ckpt_path`` and, for a mismatch, the option and both values.
+            ConfigError: naming the sequence length and batch size, what they need and what the machine has.
         """
-        reason = mismatch(load_checkpoint(Path(ckpt_path).expanduser()), self.model, self.datamodule)
+        shape = self.datamodule.batch_shape()
+        if shape is None:
+            return
+        activations = 0
+        if self.trainer.strategy.root_device.type == "cpu":
+            activations = self.model.activation_bytes(shape.size, shape.steps, value_bytes(self.trainer.precision))
+        check_batch_fits(shape, activations, host_memory())
+
+    def _check_checkpoint(self, ckpt_path: str) -> None:
+        """Refuse a checkpoint that is unreadable, of another task or model, or whose weights do not fit its settings.
+
+        Raises:
+            ConfigError: naming ``ckpt_path`` and, for a mismatch, the option and both values, or the weights that
+                do not fit.
+        """
+        checkpoint = load_checkpoint(Path(ckpt_path).expanduser())
+        reason = mismatch(checkpoint, self.model, self.datamodule)
         require(
             reason is None,
             f"ckpt_path {quote(ckpt_path)} {reason}; a checkpoint loads only into the task and model it was trained "
             "as (its run folder's config.yaml holds them all)",
         )
+        reason = weights_mismatch(checkpoint, self.model)  # the command's model is the one its settings describe
+        require(reason is None, f"ckpt_path {quote(ckpt_path)} {reason}")
 
     def _last_checkpoint(self) -> Optional[str]:
         """``--ckpt_path last``: the newest last*.ckpt under the logger's root whose task and model match.
@@ -275,6 +320,19 @@ def run_folder(trainer: pl.Trainer) -> Path:
     ``trainer.log_dir``, a collective that would hang a DDP run that fails on one rank."""
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
     return Path(log_dir or trainer.default_root_dir)
+
+
+def out_of_memory(error: BaseException) -> Optional[str]:
+    """torch's reason, on one line, when ``error`` is (or comes of) an allocation that failed: a GPU's
+    ``torch.OutOfMemoryError`` or the CPU allocator's RuntimeError; None for anything else."""
+    for cause in chain(error):
+        text = " ".join(str(cause).split())
+        if "can't allocate memory" in text:  # "[enforce fail at alloc_cpu.cpp:127] ... you tried to allocate N bytes"
+            tried = re.search(r"tried to allocate (\d+) bytes", text)
+            return f"could not allocate {human(int(tried[1])) if tried else 'a tensor'} in host memory"
+        if isinstance(cause, torch.OutOfMemoryError):  # "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ..."
+            return shorten(". ".join(text.split(". ")[:2]))
+    return None
 
 
 def raised_in(error: BaseException, modules: tuple[str, ...]) -> bool:

@@ -6,6 +6,7 @@ so nothing is copied by hand between ``--data`` and ``--model``. Evaluation metr
 :class:`~seqmem.carried_state.CarriedState`.
 """
 
+import math
 from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
@@ -17,7 +18,7 @@ from typing_extensions import override
 
 from seqmem.callbacks.base import logging_step
 from seqmem.carried_state import CarriedState
-from seqmem.errors import require, require_choice
+from seqmem.errors import ConfigError, require, require_choice, shorten
 from seqmem.metrics import TaskMetrics
 from seqmem.models import Activation, OrthogonalInit, OrthogonalMap, State, build_model, detach_state
 from seqmem.tasks.spec import TaskSpec
@@ -27,6 +28,46 @@ from seqmem.views import LossFn, SequenceModelView
 torch.serialization.add_safe_globals([TaskSpec])
 
 ClipAlgorithm = Literal["norm", "value"]
+#: Optimizer arguments that must be finite and >= 0. torch lets an infinite value of each through, and NaN for some.
+NON_NEGATIVE_OPTIMIZER_ARGUMENTS = ("lr", "momentum", "weight_decay", "eps")
+
+
+def check_optimizer(optimizer: OptimizerCallable) -> None:
+    """Refuse optimizer arguments no run can train with, before the run starts.
+
+    torch checks an optimizer's arguments only when it is built, in ``configure_optimizers`` — after the run
+    folder, its config and its logs are written — and lets an infinite learning rate through. So the arguments
+    are checked here, then the optimizer is built once on a dummy parameter for torch's own checks of the rest.
+
+    Raises:
+        ConfigError: ``model.optimizer.lr``, ``momentum``, ``weight_decay`` or ``eps`` not finite or negative (a
+            learning rate of 0 is allowed: it freezes the model, whose diagnostics still run), naming the argument
+            and the value; or torch's reason for another argument it refuses.
+    """
+    # The values jsonargparse binds (a partial): checked before torch, whose messages give no rule.
+    check_optimizer_numbers(getattr(optimizer, "keywords", None) or {})
+    try:
+        built = optimizer([nn.Parameter(torch.zeros(1))])
+    except ValueError as err:  # torch's own checks: "Invalid beta parameter at index 0: 1.5"
+        raise ConfigError(f"model.optimizer: {shorten(' '.join(str(err).split()))}") from None
+    except Exception:  # one that builds only on the run's device (fused=True, say): left to configure_optimizers
+        return
+    check_optimizer_numbers(built.defaults)  # the class's defaults, and a plain callable's own values
+
+
+def check_optimizer_numbers(arguments: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless each of :data:`NON_NEGATIVE_OPTIMIZER_ARGUMENTS` in ``arguments`` is
+    finite and >= 0."""
+    for name in NON_NEGATIVE_OPTIMIZER_ARGUMENTS:
+        value = arguments.get(name)
+        if isinstance(value, Tensor) and value.numel() == 1:  # torch takes a tensor learning rate
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rule = " (0 freezes the model for its diagnostics)" if name == "lr" else ""
+            require(
+                math.isfinite(value) and value >= 0,
+                f"model.optimizer.{name} must be finite and >= 0{rule}, got {value}",
+            )
 
 
 def restore_cuda_rng_state(states: Optional[list[Tensor]]) -> None:
@@ -79,7 +120,9 @@ class SequenceModel(L.LightningModule):
             works, because Lightning refuses Trainer clipping under manual optimisation. Diagnostics see
             the gradient before either clips.
         gradient_clip_algorithm: "norm" (rescale the total 2-norm) or "value" (clamp each entry).
-        optimizer: optimizer class and arguments, e.g. ``--model.optimizer RMSprop --model.optimizer.lr 1e-3``.
+        optimizer: optimizer class and arguments, e.g. ``--model.optimizer RMSprop --model.optimizer.lr 1e-3``;
+            ``lr``, ``momentum``, ``weight_decay`` and ``eps`` finite and >= 0 (lr 0 freezes the model for its
+            diagnostics).
         lr_scheduler: optional learning-rate scheduler class and arguments.
 
     Raises:
@@ -128,6 +171,7 @@ class SequenceModel(L.LightningModule):
             f"model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}",
         )
         require_choice(gradient_clip_algorithm, ClipAlgorithm, "model.gradient_clip_algorithm")
+        check_optimizer(optimizer)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.task = task
         self.optimizer = optimizer
@@ -158,6 +202,17 @@ class SequenceModel(L.LightningModule):
         """
         outputs, state = self.net(self.embed(x), state)  # (B, T, H)
         return self.readout(outputs), state
+
+    def activation_bytes(self, batch_size: int, steps: int, value_bytes: int = 4) -> int:
+        """The fewest bytes one forward pass over a batch of ``batch_size`` sequences of ``steps`` takes: the
+        embedding's output, every recurrent layer's outputs and a readout "all" head's, ``value_bytes`` a value.
+        Over a chunk only under truncated BPTT; backward keeps more (the gates), which this leaves out."""
+        hp, task = self.hparams, self.task
+        steps = min(steps, hp.tbptt_steps or steps)
+        per_step = hp.hidden_size * hp.num_layers  # (B, T, H) per layer
+        per_step += hp.embedding_size if task.input_tokens else 0  # (B, T, E)
+        per_step += task.output_size if task.readout == "all" else 0  # (B, T, C)
+        return batch_size * steps * per_step * value_bytes
 
     def forward_steps(self, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
         """Step-by-step twin of :meth:`forward` for diagnostics: predictions and ``hiddens[l][t]``.

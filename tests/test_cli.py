@@ -194,6 +194,7 @@ def test_optimizer_from_config_gives_orthogonal_group_its_scale(workdir):
 
 
 TASKS = "AddingData, AgreementData, CopyData, LMData"
+LR_RULE = "model.optimizer.lr must be finite and >= 0 (0 freezes the model for its diagnostics)"
 BAD_INPUT = {
     "unknown cell": ("--config copy --model.cell transformer".split(), "model.cell must be one of vanilla"),
     "unknown task": ("--config copy --data seqmem.tasks.SortingData".split(), "data must be one of " + TASKS),
@@ -224,13 +225,46 @@ BAD_INPUT = {
     "checkpoint is a folder": ("--config adding --ckpt_path {tmp}".split(), "is a directory"),
     "checkpoint empty": ("--config adding --ckpt_path {tmp}/empty.txt".split(), "empty.txt' is an empty file"),
     "checkpoint garbage": ("--config adding --ckpt_path {tmp}/binary.bin".split(), "not a readable checkpoint"),
+    # torch's refusal of a class it does not know puts a terminal escape (bold) into its message.
+    "checkpoint of a foreign class": (
+        "--config adding --ckpt_path {tmp}/foreign.ckpt".split(),
+        "not a readable checkpoint (truncated, or another format): Weights only load failed. This file can still be "
+        "loaded, to do so you have two options, do those steps",
+    ),
     "root dir is a file": ("--config adding --trainer.default_root_dir {tmp}/empty.txt".split(), "is not a folder"),
+    # torch refuses a NaN or negative learning rate only when training starts, an infinite one never.
+    "learning rate nan": ("--config adding --model.optimizer.lr .nan".split(), LR_RULE + ", got nan"),
+    "learning rate inf": ("--config adding --model.optimizer.lr .inf".split(), LR_RULE + ", got inf"),
+    "learning rate < 0": ("--config adding --model.optimizer.lr -1".split(), LR_RULE + ", got -1.0"),
+    "weight decay < 0": (
+        "--config adding --model.optimizer.weight_decay -0.1".split(),
+        "model.optimizer.weight_decay must be finite and >= 0, got -0.1",
+    ),
+    "momentum nan": (
+        "--config adding --model.optimizer SGD --model.optimizer.momentum .nan".split(),
+        "model.optimizer.momentum must be finite and >= 0, got nan",
+    ),
+    # Batches no machine holds: refused with the figure before the first one is drawn.
+    "adding too long for memory": (
+        "--config adding --data.seq_len 1000000000000".split(),
+        "data.seq_len 1000000000000 with data.batch_size 64 needs at least",
+    ),
+    "copy too long for memory": ("--config copy --data.seq_len 1000000000000".split(), "data.seq_len 1000000000000"),
+    "agreement too long for memory": (
+        "--config agreement --data.max_len 1000000000000".split(),
+        "data.max_len 1000000000000 with data.batch_size",
+    ),
+    "batch too large for memory": (
+        "--config adding --data.batch_size 1000000000000".split(),
+        "with data.batch_size 1000000000000 needs at least",
+    ),
 }
 # What the bad-input cases read: made in the scratch folder, never counted as written by the command.
 INPUT_FILES = {
     "empty.txt": b"",
     "binary.bin": bytes(range(256)) * 2000,
     "latin.txt": "café naïve\n".encode("latin-1") * 99,
+    "foreign.ckpt": b"\x80\x02cplugins\nPayload\nq\x00.",  # a pickle of one global, plugins.Payload
 }
 
 
@@ -255,6 +289,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_option(case, workdir, capsys
     assert len(lines) == 1, lines
     assert lines[0].startswith("seqmem: error:") and option in lines[0], lines[0]
     assert len(lines[0]) < 600, "an error quotes user data only in part"
+    assert lines[0].isprintable(), "no terminal escape or control character reaches the terminal"
     assert kept.read_text() == "earlier results"
     assert sorted(p.name for p in workdir.rglob("*") if p.name not in INPUT_FILES) == ["lightning_logs", "notes.txt"]
 
@@ -272,6 +307,59 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert "seqmem: error: data.seq_len must be >= 2" in result.stderr
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def refusal(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """The one line ``seqmem`` printed for ``args``, which it refused with exit status 2 and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("seqmem:")]
+    return line
+
+
+def run_folders(root: Path) -> list[Path]:
+    return list(root.glob("**/version_*"))
+
+
+def test_a_batch_too_large_for_this_machine_is_refused_with_the_figure(workdir, capsys, monkeypatch):
+    monkeypatch.setattr("seqmem.lightning_cli.host_memory", lambda: 24 * 10**9)  # the same figure on any machine
+    line = refusal(capsys, fit_args(workdir, "--config", "adding", "--data.seq_len", "100000000"))
+    # adding.yaml: batch 64, LSTM hidden 128. x (B, T, 2) and y (B,) float32; one layer's outputs (B, T, 128).
+    assert line == (
+        "seqmem: error: data.seq_len 100000000 with data.batch_size 64 needs at least 3.3 TB a batch (51.2 GB of "
+        "data, 3.3 TB of model activations); this machine has 24.0 GB of memory: lower data.seq_len or "
+        "data.batch_size"
+    )
+    assert run_folders(workdir) == []
+
+
+def test_an_allocation_that_fails_during_the_run_is_one_line(workdir, capsys, monkeypatch):
+    # A batch beyond the estimate, as a task of one's own may make: torch's real allocator error.
+    monkeypatch.setattr("seqmem.tasks.AddingData.make_batch", lambda self, generator: {"x": torch.empty(2**60)})
+    line = refusal(capsys, fit_args(workdir, *TINY_ADDING))
+    assert line == (
+        "seqmem: error: out of memory: could not allocate 4611.7 PB in host memory; lower data.batch_size, the "
+        "sequence length or model.hidden_size"
+    )
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_an_lm_corpus_too_short_for_seq_len_is_refused_before_anything_is_written(
+    subcommand, workdir, lm_cache, capsys
+):
+    corpus = workdir / "short.txt"
+    corpus.write_text("abcdefghij\n" * 30)  # 330 characters: 297 train, 33 validation
+    lm = ["--config", "lm", *TINY, "--data.path", str(corpus), "--data.cache_dir", str(lm_cache)]
+    args = [subcommand, "--trainer.default_root_dir", str(workdir), *QUIET, *lm, "--data.batch_size", "4"]
+    line = refusal(capsys, [*args, "--data.seq_len", "50"])
+    assert line == (
+        "seqmem: error: data.seq_len (50) is too long: the validation split has 33 tokens, too few for 4 streams "
+        "longer than a window; lower data.seq_len or data.batch_size"
+    )
+    assert run_folders(workdir) == []
 
 
 def documented_args(cls: type) -> dict[str, str]:
@@ -413,6 +501,72 @@ def test_a_checkpoint_loads_only_into_its_own_task_and_model(case, subcommand, c
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"seqmem: error: ckpt_path '{copy_checkpoint}' ") and reason in line, line
     assert list(workdir.rglob("*")) == [], "refused before anything is written"
+
+
+def with_weights(checkpoint: Path, target: Path, weights: str) -> Path:
+    """A copy of ``checkpoint`` at ``target`` whose settings (LSTM) stay and whose weights are a GRU's ("gru") or
+    none ("none"): what a damaged or hand-made file holds."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = saved["hyper_parameters"]
+    gru = SequenceModel(hp["task"], cell="gru", hidden_size=hp["hidden_size"], embedding_size=hp["embedding_size"])
+    saved["state_dict"] = gru.state_dict() if weights == "gru" else {}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, target)
+    return target
+
+
+BAD_WEIGHTS = {
+    # nn.GRU's weights have nn.LSTM's names, 3 gates in place of 4.
+    "gru": "4 of another shape (net.rnn.weight_ih_l0 is (24, 4), the settings make (32, 4))",
+    "none": "all 7 weights missing (embed.weight, net.rnn.weight_ih_l0, ...)",
+}
+
+
+@pytest.mark.parametrize("weights", sorted(BAD_WEIGHTS))
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_a_checkpoint_whose_weights_do_not_fit_its_settings_is_refused_before_anything_is_written(
+    weights, subcommand, copy_checkpoint, workdir, tmp_path_factory, capsys
+):
+    bad = with_weights(copy_checkpoint, tmp_path_factory.mktemp("bad") / "bad.ckpt", weights)
+    command = [subcommand, "--trainer.default_root_dir", str(workdir), *QUIET, *COPY_TINY, "--model.cell", "lstm"]
+    line = refusal(capsys, [*command, "--ckpt_path", str(bad)])
+    assert line.startswith(
+        f"seqmem: error: ckpt_path '{bad}' holds weights that do not fit the model its settings describe (model.cell "
+        "'lstm'): "
+    )
+    assert BAD_WEIGHTS[weights] in line, line
+    assert list(workdir.rglob("*")) == [], "refused before anything is written"
+
+
+def test_ckpt_path_last_passes_over_a_checkpoint_whose_weights_do_not_fit(copy_checkpoint, workdir, capsys):
+    run_cli(fit_args(workdir, *COPY_TINY, "--model.cell", "lstm"))
+    good = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with_weights(good, workdir / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", "gru")  # newer
+    capsys.readouterr()
+    resumed = run_cli(
+        fit_args(workdir, *COPY_TINY, "--model.cell", "lstm", "--trainer.max_steps", "3", "--ckpt_path", "last")
+    )
+    assert resumed.trainer.ckpt_path == str(good) and resumed.trainer.global_step == 3
+    assert "(1 newer of another task or model, or unreadable, passed over)" in capsys.readouterr().err
+    (workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").unlink()
+    (workdir / "lightning_logs" / "version_2" / "checkpoints" / "last.ckpt").unlink()  # the resumed run's
+    before = run_folders(workdir)
+    command = ["validate", "--trainer.default_root_dir", str(workdir), *QUIET, *COPY_TINY, "--model.cell", "lstm"]
+    line = refusal(capsys, [*command, "--ckpt_path", "last"])
+    assert line.startswith("seqmem: error: ckpt_path last: no checkpoint under") and "1 newer" in line, line
+    assert run_folders(workdir) == before
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_an_adding_checkpoint_resumes_and_evaluates_at_another_sequence_length(subcommand, workdir):
+    """No weight depends on adding's length, and its TaskSpec does not hold it: a model trained at T = 6 resumes,
+    or is evaluated, at T = 9 (copy's does hold it, in its chance baseline: MISMATCH above)."""
+    run_cli(fit_args(workdir, *TINY_ADDING))  # data.seq_len 6
+    ckpt = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    longer = [*TINY_ADDING, "--data.seq_len", "9", "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]
+    cli = run_cli([subcommand, *fit_args(workdir, *longer)[1:]])
+    assert cli.datamodule.hparams.seq_len == 9 and cli.trainer.ckpt_path == str(ckpt)
+    assert cli.trainer.global_step == 3 if subcommand == "fit" else "val/loss" in cli.trainer.callback_metrics
 
 
 def test_a_checkpoint_resumes_with_other_trainer_and_batch_options(copy_checkpoint, workdir):

@@ -1,10 +1,16 @@
 """Bad options of the diagnostics and the lm data: one line naming the option, the rule and the value given; and
 the values right at each bound, which are accepted."""
 
+import functools
+import math
+import re
+
 import pytest
+import torch
 
 from seqmem.callbacks import InputSensitivity, RecurrentSpectrum, TimestepGradients
 from seqmem.errors import ConfigError
+from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, CopyData, LMData
 
 DIAGNOSTIC_ERRORS = [
@@ -80,3 +86,23 @@ def test_a_one_character_corpus_is_not_empty(tmp_path):
     corpus = tmp_path / "one.txt"
     corpus.write_text("a")
     LMData(path=str(corpus), cache_dir=str(tmp_path / "cache"))  # refused only when a window cannot be cut
+
+
+@pytest.mark.parametrize(
+    "optimizer, message",
+    [
+        # A plain callable: its values are read from the optimizer it builds.
+        (lambda p: torch.optim.SGD(p, lr=math.inf), "model.optimizer.lr must be finite and >= 0"),
+        (functools.partial(torch.optim.Adam, eps=-1e-8), "model.optimizer.eps must be finite and >= 0, got -1e-08"),
+        # What torch alone refuses: its reason, for the option named.
+        (functools.partial(torch.optim.Adam, betas=(1.5, 0.9)), "model.optimizer: Invalid beta parameter at index 0"),
+    ],
+)
+def test_optimizer_arguments_torch_would_refuse_only_in_training_are_refused_by_the_model(optimizer, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SequenceModel(AddingData(seq_len=4).spec, hidden_size=4, optimizer=optimizer)
+
+
+def test_a_learning_rate_of_zero_is_allowed():
+    model = SequenceModel(AddingData(seq_len=4).spec, hidden_size=4, optimizer=functools.partial(torch.optim.SGD, lr=0))
+    assert model.configure_optimizers().defaults["lr"] == 0

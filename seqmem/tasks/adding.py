@@ -3,7 +3,7 @@
 import torch
 
 from seqmem.errors import require
-from seqmem.tasks.spec import SyntheticTask, TaskSpec
+from seqmem.tasks.spec import BatchShape, SyntheticTask, TaskSpec
 
 
 def adding_problem(batch_size: int, seq_len: int, generator: torch.Generator) -> dict:
@@ -66,6 +66,10 @@ class AddingData(SyntheticTask):
             solved_threshold=0.01 / 6,
             solved_mode="min",
         )
+
+    def batch_shape(self) -> BatchShape:
+        B, T = self.hparams.batch_size, self.hparams.seq_len
+        return BatchShape(B, T, "data.seq_len", T, tensor_bytes=B * T * 2 * 4 + B * 4)  # x (B, T, 2), y (B,) float32
 
     def make_batch(self, generator: torch.Generator) -> dict:
         return adding_problem(self.hparams.batch_size, self.hparams.seq_len, generator)

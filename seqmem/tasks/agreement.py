@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from seqmem.errors import ConfigError, quote, require, shorten
-from seqmem.tasks.spec import SyntheticTask, TaskSpec
+from seqmem.tasks.spec import BatchShape, SyntheticTask, TaskSpec
 
 PAD = "<pad>"
 #: The lexicon shipped inside the package, next to this module (package data in pyproject.toml).
@@ -254,6 +254,10 @@ class AgreementData(SyntheticTask):
             solved_threshold=0.99,
             solved_mode="max",
         )
+
+    def batch_shape(self) -> BatchShape:
+        B, L = self.hparams.batch_size, self.hparams.max_len
+        return BatchShape(B, L, "data.max_len", L, tensor_bytes=B * L * 8 + 2 * B * 8)  # x (B, L), y and bucket (B,)
 
     def make_batch(self, generator: torch.Generator) -> dict:
         hp = self.hparams

@@ -5,7 +5,7 @@ import math
 import torch
 
 from seqmem.errors import require
-from seqmem.tasks.spec import SyntheticTask, TaskSpec
+from seqmem.tasks.spec import BatchShape, SyntheticTask, TaskSpec
 
 
 def copy_memory(
@@ -84,6 +84,11 @@ class CopyData(SyntheticTask):
             solved_threshold=0.99,
             solved_mode="max",
         )
+
+    def batch_shape(self) -> BatchShape:
+        hp = self.hparams
+        steps = hp.seq_len + 2 * hp.num_copy
+        return BatchShape(hp.batch_size, steps, "data.seq_len", hp.seq_len, tensor_bytes=2 * hp.batch_size * steps * 8)
 
     def make_batch(self, generator: torch.Generator) -> dict:
         hp = self.hparams

@@ -17,9 +17,11 @@ from torch.utils.data import IterableDataset
 from typing_extensions import override
 
 from seqmem.errors import ConfigError, quote, require, shorten
-from seqmem.tasks.spec import TaskDataModule, TaskSpec, batch_loader
+from seqmem.tasks.spec import BatchShape, TaskDataModule, TaskSpec, batch_loader
 
 SPLITS = ("train", "validation", "test")
+#: The splits each stage reads.
+STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("test",)}
 UNK, EOS = "<unk>", "<eos>"
 #: Seconds the Hub may take to answer before an lm run without data.path gives up (datasets retries for minutes).
 HUB_PROBE_TIMEOUT = 5.0
@@ -76,6 +78,13 @@ def tokenize(text: str, level: str) -> list[str]:
     if level == "char":
         return list(text)
     return [word for line in text.splitlines() for word in line.split() + [EOS]]
+
+
+def count_tokens(text: str, level: str) -> int:
+    """``len(tokenize(text, level))``, without building the list."""
+    if level == "char":
+        return len(text)
+    return sum(len(line.split()) + 1 for line in text.splitlines())
 
 
 def build_vocab(tokens: list[str]) -> list[str]:
@@ -265,6 +274,31 @@ class LMData(TaskDataModule):
         )
 
     @override
+    def batch_shape(self) -> BatchShape:
+        # A batch's windows are views of the streams, which hold the corpus once: only the model's activations grow.
+        hp = self.hparams
+        return BatchShape(hp.batch_size, hp.seq_len, "data.seq_len", hp.seq_len, tensor_bytes=0)
+
+    @override
+    def check_stage(self, stage: str, world_size: int) -> None:
+        for split in STAGE_SPLITS.get(stage, ()):
+            if self._texts is None:
+                self._texts = self._load_texts()
+            self.check_windows(split, count_tokens(self._texts[split], self.hparams.level), world_size)
+
+    def check_windows(self, split: str, tokens: int, world_size: int) -> None:
+        """Raise :class:`ConfigError` naming ``data.seq_len`` unless ``split``, ``tokens`` long, cut into
+        ``data.batch_size`` streams on each of ``world_size`` processes, leaves every stream longer than a window
+        (the last window's targets reach one token beyond it)."""
+        hp = self.hparams
+        streams = hp.batch_size * world_size
+        require(
+            tokens // streams > hp.seq_len,
+            f"data.seq_len ({hp.seq_len}) is too long: the {split} split has {tokens} tokens, too few for "
+            f"{streams} streams longer than a window; lower data.seq_len or data.batch_size",
+        )
+
+    @override
     def state_dict(self) -> dict:
         """The vocabulary and baseline, saved in checkpoints so a resumed run keeps the same ids."""
         return {"vocab": list(self.vocab), "baseline": self._baseline}
@@ -294,13 +328,8 @@ class LMData(TaskDataModule):
                 f"data.path {quote(hp.path)} holds tokens missing from the restored vocabulary",
             )
             ids = torch.tensor([ids_of.get(t, unk) for t in tokens], dtype=torch.long)  # (N,)
+            self.check_windows(split, len(ids), self._world_size)
             everyone = batchify(ids, hp.batch_size * self._world_size)  # (B*W, N//(B*W))
-            require(
-                everyone.size(1) > hp.seq_len,
-                f"data.seq_len ({hp.seq_len}) is too long: the {split} split has {len(ids)} tokens, too few for "
-                f"{hp.batch_size * self._world_size} streams longer than a window; "
-                "lower data.seq_len or data.batch_size",
-            )
             rows = slice(self._rank * hp.batch_size, (self._rank + 1) * hp.batch_size)
             self._streams[split] = everyone[rows]  # (B, M)
         return self._streams[split]

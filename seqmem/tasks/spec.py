@@ -77,6 +77,25 @@ class TaskSpec:
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))  # over B*T targets
 
 
+@dataclass(frozen=True)
+class BatchShape:
+    """The size of one batch of a task, which the CLI checks against the machine's memory before a run starts.
+
+    Args:
+        size: sequences per batch (B), set by ``data.batch_size``.
+        steps: time steps the model reads per sequence (T).
+        length_option: the option that sets ``steps``, as the user types it (``data.seq_len``).
+        length: its value.
+        tensor_bytes: bytes of the batch's tensors (inputs, targets, ...) as the task makes them.
+    """
+
+    size: int
+    steps: int
+    length_option: str
+    length: int
+    tensor_bytes: int
+
+
 class TaskDataModule(L.LightningDataModule, ABC):
     """Base class of every task: subclasses provide :attr:`spec` and their dataloaders.
 
@@ -87,6 +106,16 @@ class TaskDataModule(L.LightningDataModule, ABC):
     @abstractmethod
     def spec(self) -> TaskSpec:
         """The task's sizes, loss and baseline — available right after ``__init__``."""
+
+    def batch_shape(self) -> Optional[BatchShape]:
+        """The size of one batch, for the CLI's memory check before a run starts; None (a task of one's own that
+        does not say): not checked."""
+        return None
+
+    def check_stage(self, stage: str, world_size: int) -> None:
+        """Raise :class:`~seqmem.errors.ConfigError` when the data cannot serve ``stage`` ("fit", "validate",
+        "test", "predict") on ``world_size`` processes. The CLI calls it before anything is written; the
+        synthetic tasks serve any stage."""
 
     @override
     def predict_dataloader(self) -> DataLoader:
