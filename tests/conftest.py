@@ -3,7 +3,11 @@ every tensor-level test runs on."""
 
 import os
 import shutil
+import subprocess
+import time
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -114,6 +118,29 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``data.cache_dir`` holding a copy of the Hub corpus of lm.yaml (:data:`HUB_CORPUS`, its text
     :data:`HUB_SPLITS`): the Hub loading path runs offline, everywhere."""
     return cache_hub_copy(tmp_path_factory.mktemp("hub_cache"), HUB_CORPUS, HUB_SPLITS)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (root only, where mounts are allowed); skips with the reason elsewhere."""
+    disk = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({' '.join(done.stderr.split()) or 'mount failed'})")
+    yield disk
+    for _ in range(20):  # a writer thread may still hold a file for a moment
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill the file system of ``disk`` but ``leave`` bytes; the filler file, whose removal frees the space."""
+    stat = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
+    return filler
 
 
 def fit_args(root: Path, *args: str) -> list[str]:

@@ -9,7 +9,8 @@ from typing import Optional
 import pytest
 import ray
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, fill
+from ray.tune.experiment.trial import Trial
 
 from seqmem.cli import main, run_cli
 from seqmem.configs import SWEEP_CONFIGS
@@ -19,7 +20,7 @@ from seqmem.sweep.config import Record, parse_overrides, with_overrides
 from seqmem.sweep.curves import seed_band
 from seqmem.sweep.run import start_ray
 from seqmem.sweep.summary import write_summary
-from seqmem.sweep.trial import TrialError, fit_args, read_records, run_trial, train
+from seqmem.sweep.trial import TrialError, claim, fit_args, read_records, run_trial, train
 
 # Adding, T = 10, hidden 8: a trial is a second of training; the run folders' names are the grid's.
 TINY = {
@@ -512,3 +513,121 @@ def test_a_trial_on_a_full_disk_is_an_error_with_its_line_and_the_same_command_c
     assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last.ckpt'}" in (
         (run / "train.log").read_text()
     )
+
+
+# ---- a full disk under the whole sweep folder: one line each, and nothing to clean by hand -------------------------
+
+ENOSPC = "No space left on device [ENOSPC]"
+
+
+def test_a_sweep_on_a_full_disk_says_so_in_lines_and_the_same_command_continues_once_there_is_room(
+    local_ray, small_disk, tmp_path, capsys
+):
+    # Room for the sweep's copy of its config and Ray Tune's first state (a page each), none for the trial: it
+    # fails at its first file (trial.json), and Ray's copies of its own state into ray/ are cut short.
+    out = small_disk / "out"
+    config = write_config(tmp_path, grid={"seed_everything": [0]}, record={}, curves={})
+    command = ["sweep", str(config), "--out", str(out)]
+    filler = fill(small_disk, leave=8192)
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err, captured.err
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("[1/1] ")]
+    assert line == f"[1/1] seed=0: error: cannot write {str(out / 'seed=0' / 'trial.json')!r}: {ENOSPC}"
+    assert f"note: Ray Tune's own state in {str(out / 'ray')!r} is incomplete" in captured.out
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("seqmem:")]
+    assert line == f"seqmem: error: cannot write {str(out / 'trials.csv')!r}: {ENOSPC}"
+    assert [p.name for p in out.iterdir() if p.name.startswith("seed=")] == ["seed=0"]  # left empty
+    filler.unlink()  # room again: the same command retries the folder the full disk left incomplete
+    main(command)  # every trial finished: no SystemExit
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "not a sweep run" not in captured.out
+    (trial,) = read_csv(out / "trials.csv")
+    assert (trial["name"], trial["status"], trial["steps"]) == ("seed=0", "not solved", "4")
+    assert (out / "summary.md").is_file() and (out / "seed=0" / "result.json").is_file()
+
+
+def test_ray_tunes_state_that_cannot_be_written_before_any_trial_is_one_line(local_ray, small_disk, tmp_path, capsys):
+    # A page for the sweep's copy of its config, none for the state Ray Tune saves before it starts a trial.
+    out = small_disk / "out"
+    fill(small_disk, leave=4096)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(write_config(tmp_path)), "--out", str(out)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "started" not in captured.out
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("seqmem:")]
+    assert line == f"seqmem: error: cannot write Ray Tune's state in {str(out / 'ray')!r}: {ENOSPC}"
+
+
+def test_tables_come_from_the_trials_when_ray_tunes_own_state_cannot_be_read_back(
+    local_ray, tmp_path, capsys, monkeypatch
+):
+    # As on a full disk, where Ray's copy of a trial's error (ray/<run>/error.pkl) was cut short: here there is
+    # room for the tables, and they hold every trial's outcome and its error.
+    def cut_short(trial):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(Trial, "get_pickled_error", cut_short)
+    grid = {"model": TINY["grid"]["model"], "seed_everything": [0]}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(write_config(tmp_path, grid=grid, record={}, curves={})), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1  # a trial ended with an error
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err, captured.err
+    note = f"note: Ray Tune's own state in {str(tmp_path / 'out' / 'ray')!r} is incomplete (EOFError: Ran out of input)"
+    assert note in captured.out
+    trials = read_csv(tmp_path / "out" / "trials.csv")
+    assert [(t["name"], t["status"]) for t in trials] == [
+        ("model=gru,seed=0", "not solved"),
+        ("model=short,seed=0", "error"),
+    ]
+    assert trials[1]["error"] == "data.seq_len must be >= 2 (one marker per half), got 1"
+    assert "| gru | 0/1 | not solved within 4 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "left",
+    [
+        {},  # the folder alone: trial.json could not be written
+        {".trial.json.1a2b3c4d.tmp": b""},  # a kill while trial.json was written
+        {"trial.json": b"", "train.log": b"...", "checkpoints/": None},  # a 0-byte trial.json
+        {"trial.json": b'{"budget": 4, "base', "checkpoints/last.ckpt": b"weights"},  # cut short: not resumed
+        {"result.json": b"", "trial.json": "definition"},  # a 0-byte result.json: the trial is not finished
+    ],
+    ids=["empty", "temporary-file", "empty-trial-json", "partial-trial-json", "empty-result-json"],
+)
+def test_a_run_folder_an_attempt_left_incomplete_is_the_trials_to_retry(tmp_path, left):
+    sweep = load_sweep(str(write_config(tmp_path)))
+    point = sweep.points()[0]
+    definition = json.loads(json.dumps(sweep.definition(point)))
+    run_dir = tmp_path / "out" / sweep.trial_name(point)
+    run_dir.mkdir(parents=True)
+    for name, content in left.items():
+        path = run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content == "definition":
+            path.write_text(json.dumps(definition))
+        elif content is not None:
+            path.write_bytes(content)
+    assert claim(run_dir, definition) is None  # not finished: ready to train
+    assert sorted(p.name for p in run_dir.iterdir()) == ["trial.json"]
+    assert json.loads((run_dir / "trial.json").read_text()) == definition
+
+
+def test_a_folder_without_trial_json_that_holds_other_files_is_refused_in_one_line_and_kept(tmp_path):
+    sweep = load_sweep(str(write_config(tmp_path)))
+    point = sweep.points()[0]
+    run_dir = tmp_path / "out" / sweep.trial_name(point)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "train.log").write_text("a trial's log, and a file of the user's beside it")
+    (run_dir / "checkpoints" / "notes.txt").write_text("mine")
+    with pytest.raises(TrialError) as error:
+        run_trial(point, sweep, str(tmp_path / "out"), str(tmp_path), threads=1, gpus=0)
+    assert str(error.value) == (
+        f"{run_dir} exists but is not a sweep run (no trial.json, and it holds "
+        f"{str(run_dir / 'checkpoints' / 'notes.txt')!r}): move it, or sweep into another --out"
+    )
+    assert (run_dir / "checkpoints" / "notes.txt").read_text() == "mine" and (run_dir / "train.log").is_file()

@@ -1,5 +1,8 @@
 """Progress of a sweep on the console: a line per started and per finished trial, and a status line
-with each running trial's latest step and metric once a minute (Ray's own tables are turned off)."""
+with each running trial's latest step and metric once a minute (Ray's own tables are turned off).
+
+The outcome of every finished trial is kept as the line gives it: the sweep's tables are made from these,
+never read back from Ray Tune's files, which a full disk may have left cut short."""
 
 import os
 import pickle
@@ -27,6 +30,7 @@ class Progress(tune.Callback):
         self.total = len(sweep.points())
         self.finished = 0
         self.latest: dict[str, dict[str, Any]] = {}  # trial id -> its last report
+        self.outcomes: dict[str, tuple[Optional[dict], Optional[str]]] = {}  # run name -> (last report, error)
         self.last_status = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
@@ -42,11 +46,13 @@ class Progress(tune.Callback):
         # Ray has just written the error to the trial's local folder; trial.get_pickled_error() reads the
         # storage copy, which is synced later.
         path = trial.pickled_error_file
+        message = f"see {trial.error_file}"
         if path and os.path.isfile(path):
-            with open(path, "rb") as file:
-                message = error_message(pickle.load(file))
-        else:
-            message = f"see {trial.error_file}"
+            try:
+                with open(path, "rb") as file:
+                    message = error_message(pickle.load(file))
+            except (OSError, EOFError, pickle.UnpicklingError):  # cut short: the disk of Ray's session is full
+                pass
         self._finished(trial, None, message)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
@@ -60,6 +66,7 @@ class Progress(tune.Callback):
     def _finished(self, trial: Any, result: Optional[dict], error: Optional[str]) -> None:
         self.finished += 1
         row = TrialRow.of(self.sweep, trial.config, result, error)
+        self.outcomes[row.name] = (result, error)
         print(f"[{self.finished}/{self.total}] {row.name}: {row.outcome(self.sweep.budget)}", flush=True)
 
     def _latest(self, trial: Any) -> str:

@@ -14,7 +14,10 @@ when the config lists ``curves``), and Ray Tune's own
 experiment state in ``ray/``. Running the same command again (after Ctrl-C, say) skips finished trials,
 resumes interrupted ones from their last checkpoint and retries the ones that ended with an error (a file a
 trial could not write, a full disk say, is its error: one line naming the file and the cause; its last good
-checkpoint is kept, and the next run resumes from it); a run folder made with other options is never reused.
+checkpoint is kept, and the next run resumes from it; a run folder the disk left incomplete is cleared and the
+trial tried again); a run folder made with other options, or a folder that is not a sweep run, is never reused.
+The tables come from the trials' own outcomes, not from Ray Tune's files in ``ray/``, which a full disk may cut
+short.
 
 ``--set KEY=VALUE`` (repeatable) sets an option of every trial, as the config's ``set`` does and over it; the
 value is read as YAML (``--set data.path=null``, ``--set model.hidden_size=64``). It is part of each trial's
@@ -28,26 +31,39 @@ as the CPUs (and ``--gpus-per-trial``) allow, at most ``--max-concurrent``.
 """
 
 import argparse
+import errno
+import json
 import logging
 import os
+import pickle
+import re
+import socket
+import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 import ray
 from ray import tune
+from ray._private import services  # ray.init's own reading of an address
+from ray._private.utils import read_ray_address  # the cluster `ray start` started last
+from ray._raylet import AuthenticationTokenLoader
+from ray._raylet import Config as RayConfig
+from ray.exceptions import AuthenticationError, RayError
 from ray.tune.logger import JsonLoggerCallback
 
 import seqmem
 from seqmem.atomic import copy_file
-from seqmem.errors import ConfigError, WriteError, fail, require, shorten
+from seqmem.errors import ConfigError, WriteError, chain, fail, os_error_behind, require, shorten
 from seqmem.sweep import config
 from seqmem.sweep.config import Sweep, load_sweep, parse_overrides, with_overrides
 from seqmem.sweep.curves import plot_curves
 from seqmem.sweep.plot import plot_summary
 from seqmem.sweep.progress import Progress
 from seqmem.sweep.summary import TrialRow, summarise, write_summary, write_trials_csv
-from seqmem.sweep.trial import error_message, option_args, run_trial
+from seqmem.sweep.trial import option_args, run_trial
 
 
 def run_sweep(
@@ -101,10 +117,12 @@ def run_sweep(
             raise WriteError.of(error, out) from error
         if sweep.path != (out / "sweep.yaml").resolve():
             copy_file(sweep.path, out / "sweep.yaml")
+        progress = Progress(sweep, status_every_s)
         trainable = tune.with_parameters(
             run_trial, sweep=sweep, out=str(out), cwd=os.getcwd(), threads=threads, gpus=gpus_per_trial
         )
-        tuner = tune.Tuner(
+        tuner = make_tuner(
+            out / "ray",
             tune.with_resources(trainable, {"cpu": threads, "gpu": gpus_per_trial}),
             param_space={axis.key: tune.grid_search(list(axis.points)) for axis in sweep.axes},
             tune_config=tune.TuneConfig(
@@ -116,27 +134,112 @@ def run_sweep(
                 trial_dirname_creator=lambda trial: sweep.trial_name(trial.config),
             ),
             run_config=tune.RunConfig(
-                name="ray",
-                storage_path=str(out),
-                verbose=0,
-                callbacks=[Progress(sweep, status_every_s), JsonLoggerCallback()],
+                name="ray", storage_path=str(out), verbose=0, callbacks=[progress, JsonLoggerCallback()]
             ),
         )
-        with _quiet_ray_reports():
+        with _quiet_ray_reports() as reports:
             # Ray catches Ctrl-C here: it stops the trials and returns what has finished.
-            grid = tuner.fit()
+            caught = fit(tuner)
+        failure = reports.storage_failure or caught  # the first failure, a write's, says most
+        if failure is not None:
+            print(
+                f"note: Ray Tune's own state in {str(out / 'ray')!r} is incomplete ({failure}); the sweep does not "
+                "need it: its tables come from the trials",
+                flush=True,
+            )
     finally:
         if started:
             ray.shutdown()
-    by_name = {}
-    for result in grid:
-        if result.config is None:  # never started (interrupted first): unfinished
-            continue
-        error = None if result.error is None else error_message(result.error)
-        by_name[sweep.trial_name(result.config)] = (result.metrics, error)
-    rows = [TrialRow.of(sweep, point, *by_name.get(sweep.trial_name(point), (None, None))) for point in sweep.points()]
+    # Each trial's outcome as the driver received it (Progress keeps them), not as Ray reads it back from ray/:
+    # a trial that never finished (interrupted, or never started) is unfinished.
+    outcomes = progress.outcomes
+    rows = [TrialRow.of(sweep, point, *outcomes.get(sweep.trial_name(point), (None, None))) for point in sweep.points()]
     write_outputs(out, rows, sweep)
     return rows
+
+
+def make_tuner(state: Path, *args: Any, **kwargs: Any) -> tune.Tuner:
+    """``tune.Tuner(*args, **kwargs)``, which saves its own state into ``state`` at once (before any trial).
+
+    Raises:
+        WriteError: that state could not be written (a full disk): nothing has run yet.
+    """
+    try:
+        return tune.Tuner(*args, **kwargs)
+    except Exception as error:
+        cause = os_error_behind(error)
+        if cause is None:
+            raise
+        # pyarrow's message wraps the OS's: its errno says it plainly.
+        reason = os.strerror(cause.errno) if cause.errno else cause.strerror or str(cause)
+        raise WriteError(cause.errno, reason, str(state), kind="Ray Tune's state in") from error
+
+
+#: What Ray Tune raises where its own files in ray/ are cut short or cannot be written (a full disk): a pickle
+#: or JSON file that ends early, or the OS error of the write.
+RAY_STATE_ERRORS = (OSError, EOFError, pickle.UnpicklingError, json.JSONDecodeError)
+
+
+def fit(tuner: tune.Tuner) -> Optional[str]:
+    """``tuner.fit()``; where Ray Tune could not write or read back its own state, why, in a few words.
+
+    That state (``ray/``) is a by-product: every trial's outcome is in its run folder and reached the driver
+    as it finished (see :class:`~seqmem.sweep.progress.Progress`). Ray reads it back once the trials are done,
+    to build its result grid, which the sweep does not use; on a full disk that is where it fails.
+
+    Raises:
+        Exception: any other error of Ray Tune (a bug keeps its traceback).
+    """
+    try:
+        tuner.fit()
+    except Exception as error:
+        cause = next((e for e in chain(error) if isinstance(e, RAY_STATE_ERRORS)), None)
+        if cause is None:
+            raise
+        return _reason(cause)
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    """A few words for an error of Ray Tune's state: the OS's reason where it has one (pyarrow's message wraps it)."""
+    text = " ".join(str(error).split())
+    number = error.errno if isinstance(error, OSError) and error.errno else _errno(text)
+    if number is not None:
+        return f"{os.strerror(number)} [{errno.errorcode.get(number, number)}]"
+    return f"{type(error).__name__}: {text or 'no message'}"
+
+
+def _errno(text: str) -> Optional[int]:
+    """The error number in a message that shows one (``[Errno 28] ...``), else None."""
+    found = re.search(r"\[Errno (\d+)\]", text)
+    return int(found.group(1)) if found else None
+
+
+#: Seconds an ``--address`` has to answer (accept a connection, and reply to a gRPC client's first words as a Ray
+#: head does) before the sweep gives up on it.
+CONNECT_TIMEOUT_S = 10.0
+#: The first bytes of a gRPC (HTTP/2) connection: the client preface and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def answers(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Optional[str]:
+    """None where a server at ``host:port`` accepts a connection and replies to a gRPC client's first words within
+    ``timeout`` seconds, as a Ray head's GCS does; else why not, in a few words.
+
+    Ray itself tries an address for minutes (twenty tries of up to 35 s) where nothing answers.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            sock.sendall(HTTP2_PREFACE)
+            if not sock.recv(1):
+                return "it closed the connection without a reply"
+    except TimeoutError:
+        return f"no reply within {timeout:g} s"
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
@@ -144,22 +247,147 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
 
     Trials print into their own train.log, so worker output is not forwarded to this console. A local
     Ray's workers import the same seqmem as this process (a checkout on PYTHONPATH included), whatever
-    their working directory.
+    their working directory. A local Ray is a new one even where a cluster runs on this machine (plain
+    ``ray.init()`` would join the one ``ray start`` started last).
+
+    Token authentication (``RAY_AUTH_MODE``), where the environment does not set it: a local Ray runs with it,
+    as Ray's default is, but said explicitly (Ray warns at every start where it is left to its default); a
+    cluster on this machine is joined with this machine's token where there is one (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``: the one ``ray start --head`` took), as Ray joins
+    ``auto``; a cluster elsewhere gets a token only where ``RAY_AUTH_MODE=token`` says so, as in Ray, which
+    sends no token to another machine unasked.
+
+    Raises:
+        ConfigError: nothing at ``address`` answers within :data:`CONNECT_TIMEOUT_S` seconds, or it cannot be
+            joined (not a Ray head, or it asks for a token this process does not have).
     """
     if address is not None:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        join_ray(address)
         return
+    auth_mode("token" if "RAY_AUTH_MODE" not in os.environ else None)
     if num_cpus is None:
         num_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     source = str(Path(seqmem.__file__).resolve().parents[1])
     path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+
+
+def join_ray(address: str) -> None:
+    """Join the Ray cluster at ``address`` (``auto``, ``host:port``, or Ray Client's ``ray://host:port``), with
+    the token authentication :func:`start_ray` describes.
+
+    Raises:
+        ConfigError: as :func:`start_ray`.
+    """
+    target = address
+    if address == "auto":
+        # Where no cluster is recorded, Ray's own auto joins any Ray it sees running here: another sweep's private
+        # one, say, which ends with that sweep. Only the cluster `ray start` recorded (or RAY_ADDRESS) is joined.
+        target = os.environ.get("RAY_ADDRESS") or read_ray_address()
+        if not target:
+            raise ConfigError(
+                "--address auto: no Ray cluster was started on this machine with `ray start`: start one with "
+                "`ray start --head`, or give the address of one as host:port"
+            )
+    where = target
+    if "://" not in target:  # Ray Client's addresses are left to Ray
+        try:
+            where = services.canonicalize_bootstrap_address(target) or target  # as ray.init() reads it: localhost
+            host, _, port = where.rpartition(":")
+            host, port_number = host.strip("[]"), int(port)
+        except ValueError:
+            raise ConfigError(f"--address {address}: not a Ray address {target!r}: give host:port, or auto") from None
+        why = answers(host, port_number)
+        if why is not None:
+            found = ""
+            if target != address:
+                found = " (RAY_ADDRESS)" if os.environ.get("RAY_ADDRESS") else " (the last `ray start` on this machine)"
+            raise ConfigError(
+                f"--address {address}: no Ray cluster answers at {where}{found}: {why}: check the host and the port "
+                "(`ray start --head` prints them) and that the cluster runs (`ray status`)"
+            )
+        local = "RAY_AUTH_MODE" not in os.environ and on_this_machine(host) and has_token()
+        auth_mode("token" if local else None)
+    try:
+        with _stderr_held():
+            ray.init(address=where, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError, RayError) as error:
+        ray.shutdown()
+        if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain(error)):
+            raise ConfigError(
+                f"--address {address}: the Ray cluster at {where} asks for a token that this process does not have: "
+                "set RAY_AUTH_MODE=token and the cluster's token (`ray get-auth-token` on its head) in "
+                "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+            ) from None
+        reason = shorten(" ".join(str(error).split()) or type(error).__name__)
+        raise ConfigError(
+            f"--address {address}: cannot join a Ray cluster at {where}: {reason}: check that it is the address "
+            "`ray start --head` printed"
+        ) from None
+
+
+def auth_mode(mode: Optional[str] = None) -> None:
+    """Set Ray's token authentication (``RAY_AUTH_MODE``: ``token`` or ``disabled``) for this process and the Ray
+    processes it starts; None: as the environment says."""
+    if mode is not None:
+        os.environ["RAY_AUTH_MODE"] = mode
+    # Ray reads its settings once, when imported, and its token once, when first used: both are read again, as
+    # Ray does itself where it turns token mode on (the token may be another one since: a sweep joined a cluster).
+    RayConfig.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def has_token() -> bool:
+    """Whether a Ray token is set where Ray looks for one: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
+    names, or ``~/.ray/auth_token``."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True  # a path that cannot be read is Ray's error to report
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def on_this_machine(host: str) -> bool:
+    """Whether ``host`` is an address of this machine (the loopback, or one of its interfaces'): one that a
+    socket here can bind to."""
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    for family, _, _, _, address in found:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((address[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
+@contextmanager
+def _stderr_held() -> Iterator[None]:
+    """Hold back what this process writes to its stderr (file descriptor 2, where Ray's core logs each failed
+    try) while it joins a cluster: written out after if it joins; dropped if not, for the one line that says why."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    joined = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            joined = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if joined:
+                held.seek(0)
+                os.write(2, held.read())
 
 
 class _DropRayReports(logging.Filter):
@@ -171,21 +399,41 @@ class _DropRayReports(logging.Filter):
         "Experiment has been interrupted",  # suggests Tuner.restore; the same command continues a sweep
         "Failed to fetch metrics",  # trials an interrupt kept from starting have no results yet
     )
+    # Ray copies its own state into ray/ as it goes; where a copy fails (a full disk) it logs a traceback, at
+    # every try. The trials do not need that state: the first failure is kept, for one line at the end.
+    STORAGE = ("Last sync command failed", "Saving experiment state to storage")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storage_failure: Optional[str] = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.DROPPED)
+        message = record.getMessage()
+        if message.startswith(self.STORAGE):
+            if self.storage_failure is None:
+                error = record.exc_info[1] if record.exc_info else None
+                # The syncer puts its traceback into the message: its last line names the error.
+                self.storage_failure = _reason(error or RuntimeError(message.strip().splitlines()[-1]))
+            return False
+        return not message.startswith(self.DROPPED)
 
 
 @contextmanager
-def _quiet_ray_reports() -> Iterator[None]:
+def _quiet_ray_reports() -> Iterator[_DropRayReports]:
     """Drop Ray Tune's log messages that the sweep reports in its own way (see _DropRayReports)."""
-    names = ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+    names = (
+        "ray.tune.execution.tune_controller",
+        "ray.tune.tune",
+        "ray.tune.analysis.experiment_analysis",
+        "ray.tune.execution.experiment_state",
+        "ray.train._internal.syncer",
+    )
     loggers = [logging.getLogger(name) for name in names]
     drop = _DropRayReports()
     for logger in loggers:
         logger.addFilter(drop)
     try:
-        yield
+        yield drop
     finally:
         for logger in loggers:
             logger.removeFilter(drop)

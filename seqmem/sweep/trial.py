@@ -11,7 +11,11 @@ trial has finished, ``result.json``. Starting the trial again:
 - otherwise the folder is cleared and the trial starts over.
 
 A run folder whose ``trial.json`` differs (another budget, criterion, option) is never reused: the
-trial stops with an error that says so.
+trial stops with an error that says so. A folder an attempt left incomplete is the trial's own and is
+cleared: its ``trial.json`` cannot be read (empty or cut short), or it has none and holds nothing but what a
+trial writes before it (empty folders, ``train.log``, temporary files of seqmem's atomic writes). Any other
+folder without a ``trial.json`` is someone else's: the trial stops with an error naming a file in it, and
+nothing is deleted.
 """
 
 import json
@@ -26,7 +30,7 @@ from typing import Any, Iterator, Optional
 
 from ray import tune
 
-from seqmem.atomic import write_text
+from seqmem.atomic import TEMP_SUFFIX, write_text
 from seqmem.errors import WriteError, error_line
 from seqmem.sweep.config import Record, Sweep
 from seqmem.sweep.events import read_scalars
@@ -78,20 +82,28 @@ def claim(run_dir: Path, definition: dict[str, Any]) -> Optional[dict[str, Any]]
         TrialError: the folder is not a sweep run, or a run of another definition.
     """
     previous = read_json(run_dir / "trial.json")
-    if previous is None and run_dir.exists():
-        raise TrialError(
-            f"{run_dir} exists but is not a sweep run (no trial.json): move it, or sweep into another --out"
-        )
+    if previous is None and run_dir.exists() and not (run_dir / "trial.json").exists():
+        foreign = foreign_file(run_dir)
+        if foreign is not None:
+            raise TrialError(
+                f"{run_dir} exists but is not a sweep run (no trial.json, and it holds {str(foreign)!r}): "
+                "move it, or sweep into another --out"
+            )
     if previous is not None and previous != definition:
         changed = ", ".join(key for key in definition if previous.get(key) != definition[key])
         raise TrialError(
             f"{run_dir} holds a run with another {changed}: delete that folder, or sweep into another --out"
         )
-    finished = read_json(run_dir / "result.json")
+    finished = None if previous is None else read_json(run_dir / "result.json")
     if finished is not None:
         return finished
-    if run_dir.exists() and not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        shutil.rmtree(run_dir)  # an attempt that left no checkpoint: its events would only overlap the new ones
+    if run_dir.exists() and (previous is None or not (run_dir / "checkpoints" / "last.ckpt").is_file()):
+        # An attempt that left no checkpoint: its events would only overlap the new ones. Or one whose
+        # trial.json never got written whole: its checkpoint may be of another definition, so it is not resumed.
+        try:
+            shutil.rmtree(run_dir)
+        except OSError as error:
+            raise WriteError.of(error, error.filename or run_dir) from error
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -225,7 +237,32 @@ def read_records(run_dir: Path, records: tuple[Record, ...]) -> dict[str, Option
 
 
 def read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The object in ``path``; None where there is none, or the file is empty or cut short (a full disk).
+
+    Raises:
+        OSError: the file is there but cannot be read (no permission): never taken for a missing one.
+    """
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:  # a JSONDecodeError, or bytes that are not text
+        return None
+    return value if isinstance(value, dict) else None
+
+
+#: What a trial writes in its run folder before its trial.json is whole (an attempt the disk or a kill cut
+#: short may leave these behind): its log, and the temporary files of seqmem's atomic writes.
+TRIAL_LEFTOVERS = ("train.log", f".*{TEMP_SUFFIX}")
+
+
+def foreign_file(run_dir: Path) -> Optional[Path]:
+    """A file in ``run_dir`` (searched through its folders) that no trial writes before its trial.json, or None:
+    then the folder is an attempt cut short, the trial's own to clear."""
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_symlink() or (not path.is_dir() and not any(path.match(name) for name in TRIAL_LEFTOVERS)):
+            return path
+    return None
 
 
 @contextmanager
