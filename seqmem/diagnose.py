@@ -2,8 +2,8 @@
 
 The functions take the model (any nn.Module holding torch's recurrent layers or seqmem cells, found by module
 path), a batch, and the loss function ``loss_fn(model, batch) -> scalar`` the loop trains with; they return
-plain dicts keyed as the callbacks' tags are (``<module path>/layer<l>``). :class:`Diagnostics` writes them to
-TensorBoard under exactly the callbacks' tags, images included::
+plain dicts keyed as the callbacks' tags are (``<module path>/layer<l>``). :class:`Diagnostics` writes them under
+exactly the callbacks' tags, images included, to a TensorBoard ``SummaryWriter`` or to any Lightning logger::
 
     from torch.utils.tensorboard import SummaryWriter
     from seqmem.diagnose import Diagnostics
@@ -21,18 +21,28 @@ TensorBoard under exactly the callbacks' tags, images included::
 Every function leaves the model's gradients, attributes, mode and random streams as it found them.
 """
 
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
+from typing_extensions import override
 
-from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms
-from seqmem.callbacks.grad_time import TimestepGradients, hidden_grad_norms
-from seqmem.callbacks.jacobian import JacobianSpectrum, model_spectra
-from seqmem.callbacks.probe import ProbeDiagnostic, probe_mode
-from seqmem.callbacks.sensitivity import InputSensitivity, sensitivity_norms
-from seqmem.callbacks.spectral import RecurrentSpectrum, spectral_summary
+from seqmem.callbacks import DIAGNOSTICS, Diagnostic
+from seqmem.callbacks.base import emit_layout, merged_layout
+from seqmem.measures import (
+    gradient_norms,
+    hidden_grad_norms,
+    model_spectra,
+    probe_mode,
+    sensitivity_norms,
+    spectral_summary,
+)
 from seqmem.views import LossFn, ModuleView, view_of
+
+#: Where :class:`Diagnostics` writes: a TensorBoard ``SummaryWriter``, a Lightning logger, or several.
+Destination = Union[SummaryWriter, Logger, Sequence[Logger]]
 
 
 def _view(model: nn.Module, loss_fn: Optional[LossFn], who: str) -> ModuleView:
@@ -130,43 +140,62 @@ def parameter_gradient_norms(model: nn.Module) -> dict[str, Tensor]:
     return gradient_norms(view.parameter_tags(), view.derived_tags())
 
 
+class _WriterLogger(TensorBoardLogger):
+    """A TensorBoard logger writing through a ``SummaryWriter`` the loop made itself."""
+
+    def __init__(self, writer: SummaryWriter):
+        super().__init__(writer.log_dir, name="", version="")
+        self.writer = writer
+
+    @property
+    @override
+    def experiment(self) -> SummaryWriter:
+        return self.writer
+
+
+def loggers_of(destination: Destination) -> list[Logger]:
+    """The Lightning loggers a :data:`Destination` stands for: a ``SummaryWriter`` becomes a TensorBoard logger that
+    writes through it."""
+    if isinstance(destination, SummaryWriter):
+        return [_WriterLogger(destination)]
+    if isinstance(destination, Logger):
+        return [destination]
+    return list(destination)
+
+
 class Diagnostics:
     """Writes the tags of seqmem's callbacks from a hand-written loop (see the module docstring).
+
+    The diagnostics are those of :data:`seqmem.callbacks.DIAGNOSTICS` that a loop can run: :meth:`gradients` runs
+    the ones measuring the gradients the parameters hold, :meth:`probe` the ones measuring the model on a batch.
 
     Args:
         model: the model.
         loss_fn: the loop's loss, ``(model, batch) -> scalar``: what the probes differentiate.
-        writer: a TensorBoard ``SummaryWriter``.
-        probes: the periodic diagnostics :meth:`probe` runs, configured as the callbacks are; default:
-            RecurrentSpectrum, TimestepGradients, InputSensitivity, JacobianSpectrum at their defaults.
+        writer: where to write: a TensorBoard ``SummaryWriter``, a Lightning logger (``CSVLogger``, ``MLFlowLogger``,
+            ...) or a list of them.
+        probes: the diagnostics :meth:`probe` runs, configured as the callbacks are; default: every diagnostic of
+            :data:`~seqmem.callbacks.DIAGNOSTICS` that probes, at its defaults (RecurrentSpectrum, TimestepGradients,
+            InputSensitivity, JacobianSpectrum).
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        writer: SummaryWriter,
-        probes: Optional[list[RecurrentSpectrum | ProbeDiagnostic]] = None,
+        self, model: nn.Module, loss_fn: LossFn, writer: Destination, probes: Optional[list[Diagnostic]] = None
     ):
         self.view = _view(model, loss_fn, "Diagnostics")
-        self.writer = writer
-        self.norms = GradientNorms()
-        self.probes = probes or [RecurrentSpectrum(), TimestepGradients(), InputSensitivity(), JacobianSpectrum()]
-        layout: dict = {}
-        for diagnostic in [self.norms, *self.probes]:
-            diagnostic.view = self.view
-            diagnostic.check(self.view)
-            for category, charts in diagnostic.layout(self.view).items():
-                layout.setdefault(category, {}).update(charts)
-        writer.add_custom_scalars(layout)
+        self.loggers = loggers_of(writer)
+        self.norms = [diagnostic() for diagnostic in DIAGNOSTICS if diagnostic.plain_loop == "gradients"]
+        self.probes = probes or [diagnostic() for diagnostic in DIAGNOSTICS if diagnostic.plain_loop == "probe"]
+        for diagnostic in [*self.norms, *self.probes]:
+            diagnostic.attach(self.view)
+        emit_layout(self.loggers, merged_layout([*self.norms, *self.probes]))
 
     def gradients(self, step: int) -> None:
         """Write ``grad_norm/*`` of the gradients the parameters hold now: call after backward, before clipping."""
-        self.norms.measure(self.writer, self.view, step)
+        for diagnostic in self.norms:
+            diagnostic.write(self.loggers, step)
 
     def probe(self, batch: Any, step: int) -> None:
-        """Run every probe on ``batch`` and write its tags at ``step`` (each probe's own batch is this one)."""
+        """Run every probe on ``batch`` and write its tags at ``step``."""
         for diagnostic in self.probes:
-            if isinstance(diagnostic, ProbeDiagnostic):
-                diagnostic.probe = batch
-            diagnostic.measure(self.writer, self.view, step)
+            diagnostic.write(self.loggers, step, batch)

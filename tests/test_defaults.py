@@ -5,16 +5,8 @@ changed default would silently change a shipped experiment."""
 import pytest
 import torch
 
-from seqmem.callbacks import (
-    InputSensitivity,
-    NonFiniteGuard,
-    RecurrentSpectrum,
-    TimestepGradients,
-    gradient_horizon,
-    hidden_grad_norms,
-    input_sensitivity,
-    timestep_grad_norms,
-)
+from seqmem.callbacks import InputSensitivity, NonFiniteGuard, RecurrentSpectrum, TimestepGradients
+from seqmem.measures import gradient_horizon, hidden_grad_norms, input_sensitivity, timestep_grad_norms
 from seqmem.models import LSTM, MODELS, OrthogonalRNN, build_model
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData, AgreementData, CopyData, LMData, copy_memory

@@ -24,12 +24,14 @@ from seqmem.callbacks import (
     NonFiniteGuard,
     RecurrentSpectrum,
     TimestepGradients,
+    parameter_tags,
+    probe_loss,
+)
+from seqmem.measures import (
     gradient_horizon,
     gradient_norms,
     input_sensitivity,
     orthogonality_error,
-    parameter_tags,
-    probe_loss,
     spectral_summary,
     timestep_grad_norms,
 )

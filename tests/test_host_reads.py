@@ -22,7 +22,7 @@ from conftest import CONFIGS, QUIET
 from torch.overrides import TorchFunctionMode
 
 import seqmem
-from seqmem.callbacks.base import PeriodicDiagnostic, logging_step
+from seqmem.callbacks.base import Diagnostic, logging_step
 from seqmem.callbacks.nonfinite import NonFiniteGuard
 from seqmem.cli import run_cli
 from seqmem.models import MODELS
@@ -115,7 +115,7 @@ class QuietBatches(L.Callback):
             self.noisy.add(batch_idx)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
-        periodic = [c.every_n_steps for c in trainer.callbacks if isinstance(c, PeriodicDiagnostic)]
+        periodic = [c.every_n_steps for c in trainer.callbacks if isinstance(c, Diagnostic) and c.every_n_steps]
         if logging_step(trainer) or any(trainer.global_step % every == 0 for every in periodic):
             self.noisy.add(self.reads.batch)
 

@@ -14,11 +14,12 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
-from seqmem.callbacks import JacobianSpectrum, TimestepGradients, gradient_horizon, jacobian_spectrum, predicted_horizon
-from seqmem.callbacks.jacobian import SpectrumPlot, initial_frame, layer_trajectories
+from seqmem.callbacks import JacobianSpectrum, TimestepGradients
 from seqmem.errors import ConfigError
+from seqmem.measures import gradient_horizon, initial_frame, jacobian_spectrum, layer_trajectories, predicted_horizon
 from seqmem.models import MODELS, RecurrentNet, build_model
 from seqmem.module import SequenceModel
+from seqmem.plots import SpectrumPlot
 from seqmem.tasks import CopyData
 
 LIGHTNING_TAGS = {"train/loss", "epoch", "hp_metric"}

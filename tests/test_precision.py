@@ -20,10 +20,9 @@ from seqmem.callbacks import (
     NonFiniteGuard,
     RecurrentSpectrum,
     TimestepGradients,
-    timestep_grad_norms,
 )
-from seqmem.callbacks.probe import probe_mode
 from seqmem.errors import ConfigError
+from seqmem.measures import probe_mode, timestep_grad_norms
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import CopyData

@@ -18,23 +18,27 @@ from torch.utils.tensorboard import SummaryWriter
 
 from seqmem.callbacks import (
     ClippingEvents,
-    CurveProbe,
+    Diagnostic,
     GradientNorms,
     InputSensitivity,
     RecurrentSpectrum,
     TimestepGradients,
+    parameter_tags,
+    probe_loss,
+)
+from seqmem.diagnose import loggers_of
+from seqmem.measures import (
+    curve_summary,
     gradient_horizon,
     gradient_norms,
     input_sensitivity,
     orthogonality_error,
-    parameter_tags,
-    probe_loss,
+    params_with_grad,
     spectral_summary,
 )
-from seqmem.callbacks.base import params_with_grad, tensorboard_writer
-from seqmem.callbacks.probe import NormHeatmap
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
+from seqmem.plots import NormHeatmap
 from seqmem.tasks import AddingData, CopyData
 from seqmem.views import view_of
 
@@ -63,12 +67,12 @@ def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in accumulator.Tags()["scalars"]}
 
 
-# ---- CurveProbe.summarise on a constructed curve -----------------------------------------------------------
+# ---- curve_summary on a constructed curve -----------------------------------------------------------------
 
 
-class Probe(CurveProbe):
-    def probe_and_log(self, writer, view, batch, step):  # never run here
-        raise NotImplementedError
+def summarise(prefix: str, curve: torch.Tensor, lags: tuple[int, ...], threshold: float) -> dict[str, torch.Tensor]:
+    """The tags a curve diagnostic writes under ``prefix``."""
+    return {f"{prefix}/{key}": value for key, value in curve_summary(curve, lags, threshold).items()}
 
 
 @pytest.mark.parametrize("threshold, horizon", [(1e-3, 19), (0.2, 4)])
@@ -77,8 +81,7 @@ def test_summarise_gives_the_final_value_the_ratio_to_it_at_each_lag_and_the_hor
     T = 40
     lags = torch.arange(T - 1, -1, -1, dtype=torch.float64)  # (T,) lag of each position
     curve = 3.0 * 0.7**lags
-    probe = Probe(every_n_steps=1, probe_batch_size=1, lags=(1, 10, 39, 40, 100), threshold=threshold, decades=8.0)
-    values = probe.summarise("p", curve)
+    values = summarise("p", curve, lags=(1, 10, 39, 40, 100), threshold=threshold)
     # Lags up to T - 1 (the first position) are logged; lags T and beyond do not exist.
     assert set(values) == {"p/final", "p/ratio_lag1", "p/ratio_lag10", "p/ratio_lag39", "p/horizon"}
     assert values["p/final"].item() == pytest.approx(3.0)
@@ -89,7 +92,7 @@ def test_summarise_gives_the_final_value_the_ratio_to_it_at_each_lag_and_the_hor
 
 def test_summarise_divides_by_the_final_value_not_the_first_or_the_largest():
     curve = torch.tensor([8.0, 1.0, 4.0, 2.0])  # lag 0 is 2
-    values = Probe(1, 1, lags=(1, 2, 3), threshold=0.3, decades=8.0).summarise("p", curve)
+    values = summarise("p", curve, lags=(1, 2, 3), threshold=0.3)
     assert [values[f"p/ratio_lag{k}"].item() for k in (1, 2, 3)] == [2.0, 0.5, 4.0]
     assert values["p/horizon"].item() == 3  # the largest lag whose ratio reaches 0.3, not the first to fall below
 
@@ -292,7 +295,9 @@ def test_recurrent_spectrum_logs_each_gate_block_of_each_layer(tmp_path: Path):
         for layer in range(2):
             model.net.layer_weights(layer)[1].copy_((layer + 1) * torch.cat(list(BLOCKS.values())))  # (3H, H)
     writer = SummaryWriter(str(tmp_path))
-    RecurrentSpectrum(every_n_steps=1).measure(writer, view_of(model), step=7)
+    spectrum = RecurrentSpectrum(every_n_steps=1)
+    spectrum.attach(view_of(model))
+    spectrum.write(loggers_of(writer), step=7)
     writer.flush()
     logged = scalars(tmp_path)
     expected = {
@@ -311,7 +316,9 @@ def test_recurrent_spectrum_of_an_orthogonal_cell_logs_its_distance_from_orthogo
     torch.manual_seed(0)
     model = SequenceModel(CopyData(seq_len=4).spec, cell="orthogonal", hidden_size=4, num_layers=2)
     writer = SummaryWriter(str(tmp_path))
-    RecurrentSpectrum(every_n_steps=1).measure(writer, view_of(model), step=0)
+    spectrum = RecurrentSpectrum(every_n_steps=1)
+    spectrum.attach(view_of(model))
+    spectrum.write(loggers_of(writer), step=0)
     writer.flush()
     logged = scalars(tmp_path)
     for layer in range(2):
@@ -420,13 +427,21 @@ def test_the_horizon_stays_on_the_norms_device():
     assert gradient_horizon(torch.ones(2, 3, device="meta")).device.type == "meta"
 
 
-def test_tensorboard_writer_is_the_first_tensorboard_loggers_on_rank_zero_only(tmp_path: Path):
-    tensorboard = TensorBoardLogger(str(tmp_path / "tb"))
-    loggers = [CSVLogger(str(tmp_path / "csv")), tensorboard, TensorBoardLogger(str(tmp_path / "other"))]
-    trainer = SimpleNamespace(is_global_zero=True, loggers=loggers)
-    assert tensorboard_writer(trainer) is tensorboard.experiment
-    assert tensorboard_writer(SimpleNamespace(is_global_zero=False, loggers=loggers)) is None
-    assert tensorboard_writer(SimpleNamespace(is_global_zero=True, loggers=loggers[:1])) is None
+def test_a_diagnostic_writes_to_the_runs_loggers_on_global_rank_zero_only(tmp_path: Path):
+    written = []
+
+    class Spy(Diagnostic):
+        def write(self, loggers, step, batch=None):
+            written.append((loggers, step))
+
+    loggers = [CSVLogger(str(tmp_path / "csv")), TensorBoardLogger(str(tmp_path / "tb"))]
+    spy = Spy(every_n_steps=1)
+    spy.on_before_optimizer_step(SimpleNamespace(is_global_zero=False, loggers=loggers, global_step=3), None, None)
+    assert written == []  # another rank skips the work entirely
+    spy.on_before_optimizer_step(SimpleNamespace(is_global_zero=True, loggers=[], global_step=3), None, None)
+    assert written == []  # nowhere to write: nothing measured
+    spy.on_before_optimizer_step(SimpleNamespace(is_global_zero=True, loggers=loggers, global_step=3), None, None)
+    assert written == [(loggers, 3)]
 
 
 @pytest.mark.parametrize("cell", sorted(MODELS))

@@ -36,15 +36,11 @@ from seqmem.callbacks import (
     JacobianSpectrum,
     RecurrentSpectrum,
     TimestepGradients,
-    gradient_horizon,
-    hidden_grad_norms,
-    model_spectra,
-    sensitivity_norms,
 )
-from seqmem.callbacks.jacobian import initial_frame
 from seqmem.cli import main, run_cli
 from seqmem.diagnose import Diagnostics, lyapunov_spectrum, sensitivity_curves, spectral_radii, timestep_gradients
 from seqmem.errors import ConfigError
+from seqmem.measures import gradient_horizon, hidden_grad_norms, initial_frame, model_spectra, sensitivity_norms
 from seqmem.sweep import load_sweep, run_sweep
 from seqmem.sweep.run import start_ray
 from seqmem.views import view_of

@@ -23,7 +23,7 @@ what the :class:`~seqmem.callbacks.TimestepGradients` callback logs at step 0).
 import matplotlib.pyplot as plt
 import torch
 
-from seqmem.callbacks import gradient_horizon, timestep_grad_norms
+from seqmem.measures import gradient_horizon, timestep_grad_norms
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData
 

@@ -19,7 +19,7 @@ compares the singular values of W_h before and after, then measures â€–dL/dh_tâ€
 import matplotlib.pyplot as plt
 import torch
 
-from seqmem.callbacks import gradient_horizon, orthogonality_error, timestep_grad_norms
+from seqmem.measures import gradient_horizon, orthogonality_error, timestep_grad_norms
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData
 

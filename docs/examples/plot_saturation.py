@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmem.callbacks import gradient_horizon
 from seqmem.diagnose import timestep_gradients
+from seqmem.measures import gradient_horizon
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

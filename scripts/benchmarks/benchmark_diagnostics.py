@@ -34,10 +34,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from seqmem.callbacks import Diagnostic, input_sensitivity, timestep_grad_norms
-from seqmem.callbacks.probe import probe_mode
+from seqmem.callbacks import Diagnostic
 from seqmem.configs import DEFAULTS
 from seqmem.lightning_cli import SeqmemCLI, run_cli
+from seqmem.measures import input_sensitivity, probe_mode, timestep_grad_norms
 from seqmem.models import MODELS
 
 OUT = Path(__file__).resolve().parents[1] / "out"

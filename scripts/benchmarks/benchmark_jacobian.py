@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from seqmem.callbacks import JacobianSpectrum, jacobian_spectrum
-from seqmem.callbacks.probe import probe_mode
+from seqmem.callbacks import JacobianSpectrum
+from seqmem.measures import jacobian_spectrum, probe_mode
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AddingData

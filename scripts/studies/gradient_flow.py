@@ -24,8 +24,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from seqmem.callbacks import gradient_horizon, timestep_grad_norms
-from seqmem.callbacks.probe import probe_mode
+from seqmem.measures import gradient_horizon, probe_mode, timestep_grad_norms
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData

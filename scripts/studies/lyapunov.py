@@ -25,9 +25,15 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from seqmem.callbacks import gradient_horizon, predicted_horizon, spectral_summary, timestep_grad_norms
-from seqmem.callbacks.jacobian import layer_trajectories, lyapunov_exponents
-from seqmem.callbacks.probe import probe_mode
+from seqmem.measures import (
+    gradient_horizon,
+    layer_trajectories,
+    lyapunov_exponents,
+    predicted_horizon,
+    probe_mode,
+    spectral_summary,
+    timestep_grad_norms,
+)
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
 from seqmem.tasks import AgreementData

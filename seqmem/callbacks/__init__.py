@@ -1,54 +1,51 @@
-"""Gradient-flow diagnostics as Lightning callbacks, one file each; all write to TensorBoard. They attach to any
-LightningModule (its recurrent layers found by module path, :mod:`seqmem.views`), seqmem's SequenceModel included.
+"""Gradient-flow diagnostics as Lightning callbacks, one file each. They attach to any LightningModule (its
+recurrent layers found by module path, :mod:`seqmem.views`), seqmem's SequenceModel included, measure with
+:mod:`seqmem.measures` and write to the run's loggers::
 
-trainer:
-  callbacks:
-    - class_path: seqmem.callbacks.GradientNorms
-    - class_path: seqmem.callbacks.TimestepGradients
-      init_args: {every_n_steps: 200}
+    trainer:
+      callbacks:
+        - class_path: seqmem.callbacks.GradientNorms
+        - class_path: seqmem.callbacks.TimestepGradients
+          init_args: {every_n_steps: 200}
+
+:data:`DIAGNOSTICS` is the one list of seqmem's diagnostics: what :class:`seqmem.diagnose.Diagnostics` runs in a
+loop written by hand and what this module exports derive from it. A new diagnostic is its own file and one entry
+there (the manual's "Write your own diagnostic").
 """
 
-from seqmem.callbacks.base import Diagnostic, PeriodicDiagnostic, RecurrentDiagnostic
+from seqmem.callbacks.base import Diagnostic, Measurement
 from seqmem.callbacks.clipping import ClippingEvents
-from seqmem.callbacks.grad_norms import GradientNorms, gradient_norms, parameter_tags
-from seqmem.callbacks.grad_time import TimestepGradients, hidden_grad_norms, timestep_grad_norms
-from seqmem.callbacks.jacobian import JacobianSpectrum, jacobian_spectrum, model_spectra, predicted_horizon
+from seqmem.callbacks.grad_norms import GradientNorms, parameter_tags
+from seqmem.callbacks.grad_time import TimestepGradients
+from seqmem.callbacks.jacobian import JacobianSpectrum
 from seqmem.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from seqmem.callbacks.predictions import PredictionWriter
-from seqmem.callbacks.probe import CurveProbe, ProbeDiagnostic, gradient_horizon, probe_mode
-from seqmem.callbacks.sensitivity import InputSensitivity, input_sensitivity, sensitivity_norms
+from seqmem.callbacks.probe import ProbeBatch
+from seqmem.callbacks.sensitivity import InputSensitivity
 from seqmem.callbacks.solved import StepsToSolve
-from seqmem.callbacks.spectral import RecurrentSpectrum, orthogonality_error, spectral_summary
+from seqmem.callbacks.spectral import RecurrentSpectrum
 from seqmem.views import probe_loss
 
+#: seqmem's diagnostics, in the order the shipped defaults list them (the order of their charts).
+DIAGNOSTICS: tuple[type[Diagnostic], ...] = (
+    GradientNorms,
+    ClippingEvents,
+    RecurrentSpectrum,
+    TimestepGradients,
+    InputSensitivity,
+    JacobianSpectrum,
+)
+
 __all__ = [
-    "ClippingEvents",
-    "CurveProbe",
+    "DIAGNOSTICS",
     "Diagnostic",
-    "GradientNorms",
-    "InputSensitivity",
-    "JacobianSpectrum",
+    "Measurement",
     "NonFiniteError",
     "NonFiniteGuard",
-    "PeriodicDiagnostic",
     "PredictionWriter",
-    "ProbeDiagnostic",
-    "RecurrentDiagnostic",
-    "RecurrentSpectrum",
+    "ProbeBatch",
     "StepsToSolve",
-    "TimestepGradients",
-    "gradient_horizon",
-    "gradient_norms",
-    "hidden_grad_norms",
-    "input_sensitivity",
-    "jacobian_spectrum",
-    "model_spectra",
-    "orthogonality_error",
     "parameter_tags",
-    "predicted_horizon",
     "probe_loss",
-    "probe_mode",
-    "sensitivity_norms",
-    "spectral_summary",
-    "timestep_grad_norms",
+    *(diagnostic.__name__ for diagnostic in DIAGNOSTICS),
 ]

@@ -1,4 +1,4 @@
-"""What every diagnostic shares: what it reads, where it writes, and on which steps.
+"""What every diagnostic shares: what it reads, when it measures, and the one place it writes.
 
 What: the model, through its view (:mod:`seqmem.views`): any LightningModule, its recurrent layers found by
 module path, or seqmem's SequenceModel, which provides its own view. Tags name a recurrence by its module path
@@ -14,33 +14,39 @@ and spectra are computed in float32 whatever the precision (float64 under 64-tru
 every precision.
 
 Steps: the x-axis is ``trainer.global_step`` at that hook, the index of the optimizer step being taken
-(it advances once per chunk under truncated BPTT). Two rules decide when a diagnostic writes:
-:func:`logging_step` — step + 1 is a multiple of ``trainer.log_every_n_steps`` (0: never), the steps on
-which Lightning logs ``train/loss`` — for the per-step diagnostics; and ``step % every_n_steps == 0``
-(:class:`PeriodicDiagnostic`) for the dearer ones, so that step 0 shows the network at initialisation.
+(it advances once per chunk under truncated BPTT). One schedule function, :func:`scheduled`, decides when a
+diagnostic writes: :func:`logging_step` — step + 1 is a multiple of ``trainer.log_every_n_steps`` (0: never),
+the steps on which Lightning logs ``train/loss`` — for the per-step diagnostics; and ``step % every_n_steps == 0``
+for the dearer ones, so that step 0 shows the network at initialisation.
 
-Writing: scalars and images go straight to the TensorBoard logger's ``SummaryWriter`` as
-``add_scalar`` / ``add_image`` tags (never ``add_scalars``, which opens one writer per key), and
-only on global rank 0 — every other rank skips the work entirely, so no diagnostic adds a
-collective operation to a DDP run.
+Writing: :func:`emit` is the one place the diagnostics write: scalars to the run's TensorBoard logger (as
+``add_scalar`` tags, never ``add_scalars``, which opens one writer per key, with one device-to-host copy for
+all of a step's values), images as ``add_image`` and the custom-scalars layout once at fit start; and only on
+global rank 0 — every other rank skips the work entirely, so no diagnostic adds a collective operation to a
+DDP run.
 
-The diagnostics that run extra passes on a fixed probe batch share :mod:`seqmem.callbacks.probe`.
+A diagnostic is a :class:`Diagnostic`: its schedule (``every_n_steps``), what it measures
+(:meth:`Diagnostic.measure`, a pure function of :mod:`seqmem.measures` on the model's view) and the charts it
+adds to the layout. The diagnostics that probe a fixed batch keep it in a :class:`~seqmem.callbacks.probe.ProbeBatch`.
 """
 
 import re
 import weakref
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple, Optional
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
+from seqmem.callbacks.probe import ProbeBatch
 from seqmem.errors import require
-from seqmem.views import ModuleView, view_of
+from seqmem.measures import params_with_grad, probe_mode, total_norm
+from seqmem.views import LossFn, ModuleView, view_of
 
 
 def check_unscaled_gradients(trainer: "L.Trainer") -> None:
@@ -80,34 +86,6 @@ def chart(*tags: str) -> list:
     return ["Multiline", [f"^{tag}$" for tag in tags]]
 
 
-def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
-    """The first TensorBoard logger's writer on global rank 0; None on other ranks or without one."""
-    if not trainer.is_global_zero:
-        return None
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-def write_scalars(writer: SummaryWriter, values: dict[str, Tensor], step: int) -> None:
-    """``add_scalar`` every value, with a single device-to-host copy for all of them."""
-    numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()  # one sync
-    for tag, number in zip(values, numbers, strict=True):
-        writer.add_scalar(tag, number, step)
-
-
-def norm_dtype(tensors: list[Tensor]) -> torch.dtype:
-    """The dtype norms of ``tensors`` are computed in: float32, or float64 where any tensor is (64-true precision);
-    never half precision, whose sum of squares overflows at 65504."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def total_norm(tensors: list[Tensor]) -> Tensor:
-    """L2 norm of all the tensors together, in :func:`norm_dtype`, on the device: NaN or inf when any entry is."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, dtype=norm_dtype(tensors))))
-
-
 # optimizer -> (global_step, the ids of its gradients, their total norm) of the latest step_total_norm.
 _STEP_NORMS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[int, tuple[int, ...], Tensor]]" = (
     weakref.WeakKeyDictionary()
@@ -132,11 +110,6 @@ def step_total_norm(trainer: "L.Trainer", optimizer: torch.optim.Optimizer) -> O
     return norm
 
 
-def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
-    """The parameters whose gradients the optimizer is about to apply — exactly the set Lightning clips."""
-    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-
-
 def logging_step(trainer: "L.Trainer") -> bool:
     """Whether the optimizer step about to be taken is a logging step: the one rule every per-step
     diagnostic, the non-finite guard and the truncated-BPTT train/loss follow (``log_every_n_steps`` 0
@@ -145,21 +118,103 @@ def logging_step(trainer: "L.Trainer") -> bool:
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
+def scheduled(trainer: "L.Trainer", every_n_steps: Optional[int]) -> bool:
+    """Whether a diagnostic measures at the optimizer step about to be taken: on logging steps
+    (:func:`logging_step`) when ``every_n_steps`` is None, else on steps 0, N, 2N, ... (N = ``every_n_steps``)."""
+    if every_n_steps is None:
+        return logging_step(trainer)
+    return trainer.global_step % every_n_steps == 0
+
+
+class Measurement(NamedTuple):
+    """What a diagnostic measured at one step: scalar tags (device tensors) and images ((H, W, 3) uint8 RGB)."""
+
+    scalars: Mapping[str, Tensor]
+    images: Mapping[str, np.ndarray] = {}
+
+
+def emit(loggers: Sequence[Logger], step: int, measurement: Measurement) -> None:
+    """Write a measurement at ``step``: the one place every diagnostic writes (scalars first, then images)."""
+    writer = tensorboard_writer(loggers)
+    if writer is None:
+        return
+    if measurement.scalars:
+        numbers = torch.stack([v.detach().float().reshape(()) for v in measurement.scalars.values()]).tolist()
+        for tag, number in zip(measurement.scalars, numbers, strict=True):
+            writer.add_scalar(tag, number, step)
+    for tag, image in measurement.images.items():
+        writer.add_image(tag, image, step, dataformats="HWC")
+
+
+def emit_layout(loggers: Sequence[Logger], layout: Layout) -> None:
+    """Write the custom-scalars layout, once per run."""
+    writer = tensorboard_writer(loggers)
+    if writer is None:
+        rank_zero_warn("seqmem diagnostics write to TensorBoard only; this run has no TensorBoardLogger")
+        return
+    writer.add_custom_scalars(layout)
+
+
+def tensorboard_writer(loggers: Sequence[Logger]):
+    """The first TensorBoard logger's writer; None without one."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def merged_layout(diagnostics: "Sequence[Diagnostic]") -> Layout:
+    """The one custom-scalars layout of several diagnostics: their charts by category, in their order."""
+    layout: Layout = {}
+    for diagnostic in diagnostics:
+        for category, charts in diagnostic.layout(diagnostic.view).items():
+            layout.setdefault(category, {}).update(charts)
+    return layout
+
+
 class Diagnostic(L.Callback):
-    """Base class of the diagnostics: reads the model through its view and contributes charts to the one
-    custom-scalars layout.
+    """Base class of the diagnostics: a schedule, a measurement on the model's view, and the charts it adds to
+    the one custom-scalars layout.
 
     At setup each diagnostic takes the model's view (:func:`seqmem.views.view_of`: any LightningModule) and
-    refuses, in one line, a model it cannot measure (:meth:`check`). The first ``Diagnostic`` in
-    ``trainer.callbacks`` writes the merged layout of all of them once at fit start, so
-    ``tensorboard --logdir lightning_logs`` opens organised by diagnostic and layer.
+    refuses, in one line, a model it cannot measure (:meth:`check`). On global rank 0, at each optimizer step
+    its schedule picks (:func:`scheduled`), it measures (:meth:`measure`) and writes (:meth:`write`). The first
+    ``Diagnostic`` in ``trainer.callbacks`` writes the merged layout of all of them once at fit start, so
+    ``tensorboard --logdir lightning_logs`` opens organised by diagnostic and layer. A diagnostic given a
+    ``probe_batch_size`` measures on a probe batch (:class:`~seqmem.callbacks.probe.ProbeBatch`) in
+    :func:`~seqmem.measures.probe_mode`, and keeps that batch in checkpoints.
+
+    Subclasses implement :meth:`measure`, and :meth:`check` and :meth:`layout` where they have something to say.
+
+    Args:
+        every_n_steps: measure on optimizer steps 0, N, 2N, ...; None: on logging steps (:func:`logging_step`).
+        probe_batch_size: rows of the first training batch kept as the probe batch (SequenceModel; any other model
+            keeps the whole batch); None: no probe batch.
+        loss_fn: the loss a probe runs, ``(module, batch) -> scalar``; None: the module's own
+            (``probe_loss(batch)`` if it defines one, else its training_step's; SequenceModel's probe loss).
     """
+
+    #: Which call of :class:`seqmem.diagnose.Diagnostics` runs this diagnostic in a loop written by hand:
+    #: "gradients" (after backward, before clipping), "probe" (every N steps, on a batch), or None (it needs the
+    #: Trainer).
+    plain_loop: ClassVar[Optional[Literal["gradients", "probe"]]] = None
 
     view: Optional[ModuleView] = None
 
-    def make_view(self, pl_module: "L.LightningModule") -> ModuleView:
-        """The view this diagnostic reads ``pl_module`` through."""
-        return view_of(pl_module)
+    def __init__(
+        self,
+        every_n_steps: Optional[int] = None,
+        probe_batch_size: Optional[int] = None,
+        loss_fn: Optional[LossFn] = None,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        if every_n_steps is not None:
+            require(every_n_steps >= 1, f"every_n_steps of {name} must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.probe_batch_size = probe_batch_size
+        self.probe_batch = None if probe_batch_size is None else ProbeBatch(probe_batch_size, name)
+        self.loss_fn = loss_fn
 
     def check(self, view: ModuleView) -> None:
         """Raise a one-line ConfigError for a model this diagnostic cannot measure; every model passes by default."""
@@ -168,12 +223,45 @@ class Diagnostic(L.Callback):
         """Charts of this diagnostic: {category: {title: ["Multiline", [tag regex, ...]]}}."""
         return {}
 
+    def measure(self, step: int, batch: Any) -> Measurement:
+        """Measure the model through :attr:`view` at ``step``.
+
+        Args:
+            step: the x-axis value of what is written.
+            batch: the probe batch on the model's device (the model in probe mode), or None without one.
+        """
+        raise NotImplementedError
+
+    def attach(self, view: ModuleView) -> None:
+        """Measure the model through ``view`` from now on: what setup does with the fitted module's view, and what a
+        loop written by hand does (:class:`seqmem.diagnose.Diagnostics`)."""
+        self.view = view
+        self.check(view)
+
+    def write(self, loggers: Sequence[Logger], step: int, batch: Optional[Any] = None) -> None:
+        """Measure now and write to ``loggers`` at ``step``.
+
+        Args:
+            loggers: where to write.
+            step: the x-axis value.
+            batch: the batch a probe measures on, in place of the kept probe batch; ignored by a diagnostic
+                without one.
+        """
+        if self.probe_batch is None:
+            emit(loggers, step, self.measure(step, None))
+            return
+        batch = self.probe_batch.on_device(self.view.module, batch)
+        if batch is None:
+            return
+        with probe_mode(self.view.module):
+            measurement = self.measure(step, batch)
+        emit(loggers, step, measurement)
+
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         # Before any hook of the fit runs (and before the first checkpoint or event is written).
         if stage == "fit":
-            self.view = self.make_view(pl_module)
-            self.check(self.view)
+            self.attach(view_of(pl_module, self.loss_fn))
 
     @override
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -181,49 +269,28 @@ class Diagnostic(L.Callback):
         if diagnostics[0] is not self:
             return
         check_unscaled_gradients(trainer)
-        if not trainer.is_global_zero:
-            return
-        writer = tensorboard_writer(trainer)
-        if writer is None:
-            rank_zero_warn("seqmem diagnostics write to TensorBoard only; this run has no TensorBoardLogger")
-            return
-        layout: Layout = {}
-        for diagnostic in diagnostics:
-            for category, charts in diagnostic.layout(diagnostic.view).items():
-                layout.setdefault(category, {}).update(charts)
-        writer.add_custom_scalars(layout)
-
-
-class RecurrentDiagnostic(Diagnostic):
-    """A diagnostic of the recurrent layers: refuses a model that holds none (naming what it found)."""
+        if trainer.is_global_zero:
+            emit_layout(trainer.loggers, merged_layout(diagnostics))
 
     @override
-    def check(self, view: ModuleView) -> None:
-        view.require_recurrent(type(self).__name__)
-
-
-class PeriodicDiagnostic(RecurrentDiagnostic):
-    """A diagnostic too dear for every step: it measures on optimizer steps 0, N, 2N, ... (rank 0 only).
-
-    Subclasses implement :meth:`measure`.
-
-    Args:
-        every_n_steps: measure on optimizer steps 0, N, 2N, ... (weights before that step's update).
-    """
-
-    def __init__(self, every_n_steps: int):
-        super().__init__()
-        require(every_n_steps >= 1, f"every_n_steps of {type(self).__name__} must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+    def on_train_batch_start(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        if self.probe_batch is not None and trainer.is_global_zero:
+            self.probe_batch.keep(self.view, batch)
 
     @override
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is not None and trainer.global_step % self.every_n_steps == 0:
-            self.measure(writer, self.view, trainer.global_step)
+        if trainer.is_global_zero and trainer.loggers and scheduled(trainer, self.every_n_steps):
+            self.write(trainer.loggers, trainer.global_step)
 
-    def measure(self, writer: SummaryWriter, view: ModuleView, step: int) -> None:
-        """Measure the model through its view and write the tags at ``step``."""
-        raise NotImplementedError
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.probe_batch is None else {"probe": self.probe_batch.state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.probe_batch is not None:
+            self.probe_batch.load(state_dict["probe"])

@@ -15,17 +15,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from seqmem.callbacks.base import (
-    Diagnostic,
-    Layout,
-    chart,
-    logging_step,
-    params_with_grad,
-    step_total_norm,
-    tensorboard_writer,
-    total_norm,
-    write_scalars,
-)
+from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart, emit, logging_step, step_total_norm
+from seqmem.measures import entries_over, params_with_grad, post_clip_norm
 from seqmem.views import ModuleView
 
 
@@ -63,9 +54,8 @@ class ClippingEvents(Diagnostic):
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
         clip, algorithm = self.view.clip_settings(trainer)
-        writer = tensorboard_writer(trainer)
         grads = [p.grad for p in params_with_grad(optimizer)]
-        if clip is None or writer is None or not grads:
+        if clip is None or not (trainer.is_global_zero and trainer.loggers) or not grads:
             return
         pre = step_total_norm(trainer, optimizer)  # () float32 (float64 under 64-true) on device
         # Counters live on the gradients' device (a restored checkpoint brings them back on the CPU).
@@ -74,7 +64,7 @@ class ClippingEvents(Diagnostic):
             pre.new_zeros(()) if self.clipped_entries is None else self.clipped_entries.to(pre.device)
         )
         if algorithm == "value":
-            clipped_now = torch.stack([(g.abs() > clip).sum() for g in grads]).sum()  # () entries over the bound
+            clipped_now = entries_over(grads, clip)  # ()
             numel = sum(g.numel() for g in grads)
             self.clipped_entries += clipped_now
             self.entries += numel
@@ -87,7 +77,7 @@ class ClippingEvents(Diagnostic):
             return
         values = {
             "clip/pre_norm": pre,
-            "clip/post_norm": self._post_norm(grads, pre, clip, algorithm),
+            "clip/post_norm": post_clip_norm(grads, pre, clip, algorithm),
             "clip/clipped": step_clipped,
             "clip/clipped_steps": self.clipped_steps,
             "clip/clipped_fraction": self.clipped_steps / self.steps,
@@ -95,13 +85,7 @@ class ClippingEvents(Diagnostic):
         if algorithm == "value":
             values["clip/entries_clipped"] = clipped_now / numel
             values["clip/entries_clipped_all"] = self.clipped_entries / self.entries
-        write_scalars(writer, values, trainer.global_step)
-
-    @staticmethod
-    def _post_norm(grads: list[Tensor], pre: Tensor, clip: float, algorithm: str) -> Tensor:
-        if algorithm == "value":
-            return total_norm([g.clamp(-clip, clip) for g in grads])
-        return pre.clamp(max=clip)
+        emit(trainer.loggers, trainer.global_step, Measurement(values))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -8,24 +8,14 @@ outside the total: the orthogonal cell's ``W_h`` is dL/dW_h of the matrix the fo
 parameter ``A_skew`` is in the total; W_h's gradient is not all-reduced, so under DDP it is rank 0's.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
-import torch
-from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
+from torch import nn
 from typing_extensions import override
 
-from seqmem.callbacks.base import (
-    Diagnostic,
-    Layout,
-    chart,
-    escaped,
-    logging_step,
-    norm_dtype,
-    tensorboard_writer,
-    write_scalars,
-)
+from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart, escaped
+from seqmem.measures import gradient_norms
 from seqmem.views import ModuleView, view_of
 
 
@@ -39,19 +29,6 @@ def parameter_tags(pl_module: nn.Module) -> dict[str, nn.Parameter]:
     return view_of(pl_module).parameter_tags()
 
 
-def gradient_norms(params: dict[str, nn.Parameter], derived: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
-    """L2 norm of each parameter's gradient (0 where it has none), ``grad_norm/total`` (of the parameters'
-    gradients only) and the norm of each ``derived`` gradient, on device, in float32 whatever the precision (float64
-    under 64-true)."""
-    derived = derived or {}
-    grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params.values()]
-    tensors = grads + list(derived.values())
-    norms = torch._foreach_norm(tensors, dtype=norm_dtype(tensors))  # one batched kernel
-    values = dict(zip([*params, *derived], norms, strict=True))
-    values["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms[: len(params)]))
-    return values
-
-
 class GradientNorms(Diagnostic):
     """Logs ``grad_norm/total`` and ``grad_norm/<layer>/<param>`` every ``log_every_n_steps`` steps, on any model.
 
@@ -59,6 +36,12 @@ class GradientNorms(Diagnostic):
     nothing pay nothing. Logged by global rank 0 only: after the all-reduce the gradients are the
     same on every rank.
     """
+
+    plain_loop = "gradients"
+
+    def __init__(self):
+        super().__init__()
+        self.scaler: Optional[Any] = None  # fp16 AMP's GradScaler, when the run has one
 
     @override
     def layout(self, view: ModuleView) -> Layout:
@@ -72,26 +55,16 @@ class GradientNorms(Diagnostic):
         return {"grad_norm": charts}
 
     @override
-    def on_before_optimizer_step(
-        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
-    ) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not logging_step(trainer):
-            return
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self.measure(writer, self.view, trainer.global_step, None if scaler is None else scaler.get_scale())
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
 
-    def measure(self, writer: SummaryWriter, view: ModuleView, step: int, loss_scale: Optional[float] = None) -> None:
-        """Write the norms of the gradients the parameters hold now (after backward, before clipping) at ``step``.
-
-        Args:
-            writer: where to write.
-            view: the model's view.
-            step: the x-axis value.
-            loss_scale: fp16 AMP's scale, by which tensor hooks saw the derived gradients (the parameters' own
-                are unscaled by then); None without it.
-        """
-        derived = view.derived_tags()
-        if derived and loss_scale is not None:
-            derived = {tag: grad / loss_scale for tag, grad in derived.items()}
-        write_scalars(writer, gradient_norms(view.parameter_tags(), derived), step)
+    @override
+    def measure(self, step: int, batch: Any) -> Measurement:
+        # Tensor hooks saw the derived gradients scaled by fp16 AMP's loss scale (the parameters' own are unscaled
+        # by now); the scale is read on logging steps only.
+        derived = self.view.derived_tags()
+        if derived and self.scaler is not None:
+            scale = self.scaler.get_scale()
+            derived = {tag: grad / scale for tag, grad in derived.items()}
+        return Measurement(gradient_norms(self.view.parameter_tags(), derived))

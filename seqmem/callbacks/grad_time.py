@@ -1,69 +1,21 @@
-"""Per-timestep gradient norms ‖dL/dh_t‖ for every step t and layer — the product-of-Jacobians law.
-
-dL/dh_k = dL/dh_T · Π_{t=k+1..T} J_t: its norm shrinks or grows geometrically with the lag T − k.
-A fused kernel never exposes it (the gradient on ``output[t]`` is only the readout's share), so the
-probe runs the model with its recurrent layers on their step-by-step path (:mod:`seqmem.views`) and takes
-*one* ``torch.autograd.grad`` with respect to
-every h_t tensor it produced (non-leaf tensors: autograd returns the total derivative, recurrence
-included): the full dL/dh_t of every layer and step, with the training gradients in ``.grad`` left
-untouched (no ``.backward()``, and no parameter among the inputs, so no weight gradient is computed).
-"""
+"""Per-timestep gradient norms ‖dL/dh_t‖ on a probe batch every N steps, summarised by their decay with the lag
+(the measure: :func:`seqmem.measures.hidden_grad_norms`)."""
 
 from typing import Any, Optional
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Layout, chart, escaped, write_scalars
-from seqmem.callbacks.probe import CurveProbe
+from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart, escaped
+from seqmem.callbacks.probe import check_curve_options
 from seqmem.errors import require_choice
-from seqmem.views import LossFn, ModuleView, ProbeLoss, SequenceModelView
+from seqmem.measures import curve_summary, hidden_grad_norms
+from seqmem.plots import NormHeatmap
+from seqmem.views import LossFn, ModuleView, ProbeLoss
 
 
-def hidden_grad_norms(view: ModuleView, batch: Any, loss: Optional[ProbeLoss] = None) -> dict[str, Tensor]:
-    """‖dL/dh_t‖ of every layer and step of every recurrence of a model, the norm over the batch and hidden units.
-
-    Args:
-        view: the model's view (:func:`seqmem.views.view_of`).
-        batch: a batch as the model's loss takes it.
-        loss: SequenceModel's probe loss, "last" (the final-step loss L_T, the default) or "task"; other models
-            differentiate their own loss (see :class:`~seqmem.views.ModuleView`).
-
-    Returns:
-        {tag prefix: (L, T) norms}, layers in the recurrence's order (``layer_names``), steps in each layer's own
-        order; a recurrence the loss never ran is left out.
-    """
-    value, runs = view.runs(batch, loss)
-    hiddens = {prefix: [layer.hiddens for layer in layers] for prefix, (layers, _) in runs.items()}
-    steps = [h for layers in hiddens.values() for hs in layers for h in hs]  # every h_t, (B, H) each
-    grads = torch.autograd.grad(value, steps, allow_unused=True)  # no parameter among the inputs: .grad untouched
-    grads = [torch.zeros_like(h) if g is None else g for g, h in zip(grads, steps, strict=True)]
-    # One batched kernel for all the norms rather than one reduction per step.
-    norms = torch.stack(torch._foreach_norm(grads))  # (ΣL*T,)
-    curves, start = {}, 0
-    for prefix, layers in hiddens.items():
-        count = sum(len(hs) for hs in layers)
-        curves[prefix] = norms[start : start + count].view(len(layers), -1)  # (L, T)
-        start += count
-    return curves
-
-
-def timestep_grad_norms(model: Any, x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:
-    """‖dL/dh_t‖ (L, T) of a SequenceModel on one batch: :func:`hidden_grad_norms` of its net.
-
-    Args:
-        model: a SequenceModel.
-        x: (B, T) token ids or (B, T, I) features.
-        y: targets as in a training batch.
-        loss: "last" (final-step loss L_T) or "task" (the training loss).
-    """
-    return hidden_grad_norms(SequenceModelView(model), {"x": x, "y": y}, loss)[""]
-
-
-class TimestepGradients(CurveProbe):
+class TimestepGradients(Diagnostic):
     """Logs ‖dL/dh_t‖ on the fixed probe batch every N steps, for every recurrent layer of the model:
     ``grad_time/<layer>/final`` (‖dL/dh_T‖), ``grad_time/<layer>/ratio_lag<k>`` (‖dL/dh_{T−k}‖ / ‖dL/dh_T‖),
     ``grad_time/<layer>/horizon`` (the gradient horizon), and per recurrence the figure ``grad_time/heatmap``
@@ -87,7 +39,7 @@ class TimestepGradients(CurveProbe):
         loss_fn: the probe's loss, ``(module, batch) -> scalar``, in place of the module's own.
     """
 
-    heatmap_labels = ("time step t", "layer", "‖dL/dh_t‖")
+    plain_loop = "probe"
 
     def __init__(
         self,
@@ -99,10 +51,15 @@ class TimestepGradients(CurveProbe):
         decades: float = 8.0,
         loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades, loss_fn)
+        super().__init__(every_n_steps, probe_batch_size, loss_fn)
+        check_curve_options(type(self).__name__, lags, threshold, decades)
         if loss is not None:
             require_choice(loss, ProbeLoss, "loss of TimestepGradients")
         self.loss = loss
+        self.lags = tuple(lags)
+        self.threshold = threshold
+        self.decades = decades
+        self.heatmaps: dict[str, NormHeatmap] = {}  # one kept figure per recurrence (tag prefix)
         self._unreached: set[str] = set()  # recurrences the probe loss did not run, warned about once
 
     @override
@@ -122,16 +79,17 @@ class TimestepGradients(CurveProbe):
         return {"grad_time": charts}
 
     @override
-    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
-        curves = {prefix: norms.detach() for prefix, norms in hidden_grad_norms(view, batch, self.loss).items()}
-        self._warn_unreached(view, curves)
-        values = {}
+    def measure(self, step: int, batch: Any) -> Measurement:
+        curves = {prefix: norms.detach() for prefix, norms in hidden_grad_norms(self.view, batch, self.loss).items()}
+        self._warn_unreached(self.view, curves)
+        values, images = {}, {}
         for prefix, norms in curves.items():  # (L, T)
-            for name, curve in zip(view.recurrences[prefix].layer_names(), norms, strict=True):
-                values.update(self.summarise(f"grad_time/{prefix}{name}", curve))
-        write_scalars(writer, values, step)
-        for prefix, norms in curves.items():
-            writer.add_image(f"grad_time/{prefix}heatmap", self.heatmap(prefix, norms), step, dataformats="HWC")
+            for name, curve in zip(self.view.recurrences[prefix].layer_names(), norms, strict=True):
+                summary = curve_summary(curve, self.lags, self.threshold)
+                values.update({f"grad_time/{prefix}{name}/{key}": value for key, value in summary.items()})
+            heatmap = self.heatmaps.setdefault(prefix, NormHeatmap(self.decades, "time step t", "layer", "‖dL/dh_t‖"))
+            images[f"grad_time/{prefix}heatmap"] = heatmap.render(norms)
+        return Measurement(values, images)
 
     def _warn_unreached(self, view: ModuleView, curves: dict[str, Tensor]) -> None:
         for prefix in set(view.recurrences) - set(curves) - self._unreached:

@@ -44,8 +44,9 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from seqmem.callbacks.base import logging_step, params_with_grad, step_total_norm
+from seqmem.callbacks.base import logging_step, step_total_norm
 from seqmem.errors import require, require_choice
+from seqmem.measures import params_with_grad
 
 DecideOn = Literal["auto", "device", "host"]  # where NonFiniteGuard decides a skip
 

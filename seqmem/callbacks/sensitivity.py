@@ -1,86 +1,19 @@
-"""Forward sensitivity ‖∂h_T/∂x_ℓ‖ against the input position ℓ: does the state still remember x_ℓ?
-
-The same product of Jacobians as the backward view, read the other way: ∂h_T/∂x_ℓ =
-Π_{t=ℓ+1..T} J_t · ∂h_ℓ/∂x_ℓ. The Frobenius norm is estimated with random projections — for
-v ~ N(0, I), E‖vᵀ ∂h_T/∂x_ℓ‖² = ‖∂h_T/∂x_ℓ‖_F² — so one backward pass gives every ℓ at once.
-x_ℓ is the *embedded* input (the embedding output for token tasks, the features otherwise).
-"""
+"""Forward sensitivity ‖∂h_T/∂x_ℓ‖ against the input position ℓ on a probe batch every N steps, summarised by its
+decay with the lag (the measure: :func:`seqmem.measures.sensitivity_norms`)."""
 
 from typing import Any, Optional
 
-import torch
-from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from seqmem.callbacks.base import Layout, chart, write_scalars
-from seqmem.callbacks.probe import CurveProbe
+from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart
+from seqmem.callbacks.probe import check_curve_options
 from seqmem.errors import require
-from seqmem.views import LossFn, ModuleView, SequenceModelView
+from seqmem.measures import curve_summary, sensitivity_norms
+from seqmem.plots import NormHeatmap
+from seqmem.views import LossFn, ModuleView
 
 
-def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int = 0) -> dict[str, Tensor]:
-    """Estimated ‖∂h_T/∂x_ℓ‖_F of each recurrence's final state (its top layer's, per direction) for every position ℓ
-    of the input that recurrence stepped.
-
-    One run of the model with every recurrence stepping a leaf copy of its input, then per final state one
-    ``autograd.grad`` batched over the ``projections`` Gaussian v of every sample (``is_grads_batched``: the
-    backward is vmapped, the forward not repeated) gives every vᵀ ∂h_T/∂x_ℓ; the root-mean-square over
-    projections and samples is the estimate (the RMS over samples of the per-sample Frobenius norm). v comes from
-    its own seeded generator, so probes do not consume the training random stream and see the same projections.
-
-    Args:
-        view: the model's view.
-        batch: a batch as the model's loss takes it (the loss itself is not used).
-        projections: random projections per sample.
-        seed: seed of the projections.
-
-    Returns:
-        {tag prefix: (D, T) estimates}, one row per direction; a reverse direction's positions run in its own
-        order (its final state, at position 0, is the last entry).
-    """
-    _, runs = view.runs(batch, leaf_inputs=True, need_loss=False)
-    curves = {}
-    for prefix, (layers, inputs) in runs.items():
-        rows = []
-        top = view.recurrences[prefix].top_layers()
-        for index in top:  # one per direction
-            h_final = layers[index].states[-1][0]  # (B, H): the direction's last step
-            generator = torch.Generator(device=h_final.device).manual_seed(seed)
-            shape = (projections, *h_final.shape)
-            v = torch.randn(shape, generator=generator, device=h_final.device, dtype=h_final.dtype)  # (P, B, H)
-            # vᵀ ∂h_T/∂x_ℓ for every input: (P, B, T, I) of a module's call, (P, B, I) of a cell's.
-            last = index == top[-1]  # the directions share the graph: keep it for the next one
-            grads = torch.autograd.grad(
-                h_final, inputs, grad_outputs=v, is_grads_batched=True, allow_unused=True, retain_graph=not last
-            )
-            squares = [
-                torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device).reshape(-1)  # never reached: 0
-                if g is None
-                else g.square().sum(dim=-1).mean(dim=(0, 1)).reshape(-1)  # (T,) or (1,)
-                for g, x in zip(grads, inputs, strict=True)
-            ]
-            rows.append(torch.cat(squares).sqrt())  # (T,)
-        if len(rows) > 1:
-            rows[1] = rows[1].flip(0)  # the reverse direction in its own order: its final state's position last
-        curves[prefix] = torch.stack(rows)  # (D, T)
-    return curves
-
-
-def input_sensitivity(model: Any, x: Tensor, projections: int, seed: int = 0) -> Tensor:
-    """Estimated ‖∂h_T/∂x_ℓ‖_F (T,) of a SequenceModel's last layer's final state, for every position ℓ:
-    :func:`sensitivity_norms` of its net. x_ℓ is the *embedded* input for token tasks, the features otherwise.
-
-    Args:
-        model: a SequenceModel.
-        x: (B, T) token ids or (B, T, I) features.
-        projections: random projections per sample.
-        seed: seed of the projections.
-    """
-    return sensitivity_norms(SequenceModelView(model), {"x": x, "y": None}, projections, seed)[""][0]
-
-
-class InputSensitivity(CurveProbe):
+class InputSensitivity(Diagnostic):
     """Logs ‖∂h_T/∂x_ℓ‖ on the fixed probe batch every N steps, for the final state of every recurrence (its top
     layer): ``sensitivity/final`` (ℓ = T), ``sensitivity/ratio_lag<k>`` (ℓ = T − k, relative to ℓ = T),
     ``sensitivity/horizon`` (largest lag whose ratio is at least ``threshold``) and the figure
@@ -103,7 +36,7 @@ class InputSensitivity(CurveProbe):
             not used), in place of the module's own loss.
     """
 
-    heatmap_labels = ("input position ℓ", "", "‖∂h_T/∂x_ℓ‖")
+    plain_loop = "probe"
 
     def __init__(
         self,
@@ -115,9 +48,19 @@ class InputSensitivity(CurveProbe):
         decades: float = 8.0,
         loss_fn: Optional[LossFn] = None,
     ):
-        super().__init__(every_n_steps, probe_batch_size, lags, threshold, decades, loss_fn)
+        super().__init__(every_n_steps, probe_batch_size, loss_fn)
+        check_curve_options(type(self).__name__, lags, threshold, decades)
         require(projections >= 1, f"projections of InputSensitivity must be >= 1, got {projections}")
         self.projections = projections
+        self.lags = tuple(lags)
+        self.threshold = threshold
+        self.decades = decades
+        self.heatmaps: dict[str, NormHeatmap] = {}  # one kept figure per recurrence (tag prefix)
+
+    @override
+    def check(self, view: ModuleView) -> None:
+        view.require_recurrent(type(self).__name__)
+        view.require_probe_loss(type(self).__name__)
 
     @override
     def layout(self, view: ModuleView) -> Layout:
@@ -130,12 +73,15 @@ class InputSensitivity(CurveProbe):
         }
 
     @override
-    def probe_and_log(self, writer: SummaryWriter, view: ModuleView, batch: Any, step: int) -> None:
-        curves = {prefix: rows.detach() for prefix, rows in sensitivity_norms(view, batch, self.projections).items()}
-        values = {}
+    def measure(self, step: int, batch: Any) -> Measurement:
+        norms = sensitivity_norms(self.view, batch, self.projections)
+        curves = {prefix: rows.detach() for prefix, rows in norms.items()}
+        values, images = {}, {}
         for prefix, rows in curves.items():  # (D, T)
             for direction, curve in zip(("", "reverse/")[: len(rows)], rows, strict=True):
-                values.update(self.summarise(f"sensitivity/{prefix}{direction}".rstrip("/"), curve))
-        write_scalars(writer, values, step)
-        for prefix, rows in curves.items():
-            writer.add_image(f"sensitivity/{prefix}heatmap", self.heatmap(prefix, rows), step, dataformats="HWC")
+                summary = curve_summary(curve, self.lags, self.threshold)
+                tag = f"sensitivity/{prefix}{direction}".rstrip("/")
+                values.update({f"{tag}/{key}": value for key, value in summary.items()})
+            heatmap = self.heatmaps.setdefault(prefix, NormHeatmap(self.decades, "input position ℓ", "", "‖∂h_T/∂x_ℓ‖"))
+            images[f"sensitivity/{prefix}heatmap"] = heatmap.render(rows)
+        return Measurement(values, images)
