@@ -30,7 +30,8 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from seqmem.callbacks import DIAGNOSTICS, Diagnostic
-from seqmem.callbacks.base import emit_layout, merged_layout
+from seqmem.callbacks.base import merged_layout
+from seqmem.loggers import log_layout
 from seqmem.measures import (
     gradient_norms,
     hidden_grad_norms,
@@ -188,7 +189,7 @@ class Diagnostics:
         self.probes = probes or [diagnostic() for diagnostic in DIAGNOSTICS if diagnostic.plain_loop == "probe"]
         for diagnostic in [*self.norms, *self.probes]:
             diagnostic.attach(self.view)
-        emit_layout(self.loggers, merged_layout([*self.norms, *self.probes]))
+        log_layout(self.loggers, merged_layout([*self.norms, *self.probes]))
 
     def gradients(self, step: int) -> None:
         """Write ``grad_norm/*`` of the gradients the parameters hold now: call after backward, before clipping."""

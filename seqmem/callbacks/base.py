@@ -19,11 +19,11 @@ diagnostic writes: :func:`logging_step` — step + 1 is a multiple of ``trainer.
 the steps on which Lightning logs ``train/loss`` — for the per-step diagnostics; and ``step % every_n_steps == 0``
 for the dearer ones, so that step 0 shows the network at initialisation.
 
-Writing: :func:`emit` is the one place the diagnostics write: scalars to the run's TensorBoard logger (as
-``add_scalar`` tags, never ``add_scalars``, which opens one writer per key, with one device-to-host copy for
-all of a step's values), images as ``add_image`` and the custom-scalars layout once at fit start; and only on
-global rank 0 — every other rank skips the work entirely, so no diagnostic adds a collective operation to a
-DDP run.
+Writing: :func:`emit` is the one place the diagnostics write, to every logger of the run (:mod:`seqmem.loggers`):
+scalars (with one device-to-host copy for all of a step's values; TensorBoard's as ``add_scalar`` tags) and
+images, each logger through its own image API; the custom-scalars layout, TensorBoard's only, once at fit start.
+Only global rank 0 measures and writes — every other rank skips the work entirely, so no diagnostic adds a
+collective operation to a DDP run.
 
 A diagnostic is a :class:`Diagnostic`: its schedule (``every_n_steps``), what it measures
 (:meth:`Diagnostic.measure`, a pure function of :mod:`seqmem.measures` on the model's view) and the charts it
@@ -38,13 +38,13 @@ from typing import Any, ClassVar, Literal, NamedTuple, Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
 from seqmem.callbacks.probe import ProbeBatch
 from seqmem.errors import require
+from seqmem.loggers import log_image, log_layout, log_scalars
 from seqmem.measures import params_with_grad, probe_mode, total_norm
 from seqmem.views import LossFn, ModuleView, view_of
 
@@ -134,33 +134,11 @@ class Measurement(NamedTuple):
 
 
 def emit(loggers: Sequence[Logger], step: int, measurement: Measurement) -> None:
-    """Write a measurement at ``step``: the one place every diagnostic writes (scalars first, then images)."""
-    writer = tensorboard_writer(loggers)
-    if writer is None:
-        return
-    if measurement.scalars:
-        numbers = torch.stack([v.detach().float().reshape(()) for v in measurement.scalars.values()]).tolist()
-        for tag, number in zip(measurement.scalars, numbers, strict=True):
-            writer.add_scalar(tag, number, step)
+    """Write a measurement to every logger at ``step`` (scalars first, then images): the one place every
+    diagnostic writes."""
+    log_scalars(loggers, measurement.scalars, step)
     for tag, image in measurement.images.items():
-        writer.add_image(tag, image, step, dataformats="HWC")
-
-
-def emit_layout(loggers: Sequence[Logger], layout: Layout) -> None:
-    """Write the custom-scalars layout, once per run."""
-    writer = tensorboard_writer(loggers)
-    if writer is None:
-        rank_zero_warn("seqmem diagnostics write to TensorBoard only; this run has no TensorBoardLogger")
-        return
-    writer.add_custom_scalars(layout)
-
-
-def tensorboard_writer(loggers: Sequence[Logger]):
-    """The first TensorBoard logger's writer; None without one."""
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+        log_image(loggers, tag, image, step)
 
 
 def merged_layout(diagnostics: "Sequence[Diagnostic]") -> Layout:
@@ -270,7 +248,7 @@ class Diagnostic(L.Callback):
             return
         check_unscaled_gradients(trainer)
         if trainer.is_global_zero:
-            emit_layout(trainer.loggers, merged_layout(diagnostics))
+            log_layout(trainer.loggers, merged_layout(diagnostics))
 
     @override
     def on_train_batch_start(
