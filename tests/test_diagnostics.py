@@ -2,16 +2,21 @@
 the product-of-Jacobians law, clip counting, spectra, horizons, and the TensorBoard events of a fit."""
 
 import copy
+import csv
+import io
 import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -21,6 +26,7 @@ from seqmem.callbacks import (
     ClippingEvents,
     GradientNorms,
     InputSensitivity,
+    JacobianSpectrum,
     NonFiniteGuard,
     RecurrentSpectrum,
     TimestepGradients,
@@ -309,6 +315,7 @@ def fit(
     devices: int = 1,
     log_every_n_steps: int = 5,
     accelerator: str = "cpu",
+    logger: Any = True,
     **model,
 ) -> SequenceModel:
     """A short real fit on copy (T = 30) with a 2-layer model, logging every 5 steps under ``root``."""
@@ -323,6 +330,7 @@ def fit(
         log_every_n_steps=log_every_n_steps,
         gradient_clip_val=clip,
         callbacks=callbacks,
+        logger=logger,
         default_root_dir=str(root),
         limit_val_batches=0,
         enable_checkpointing=False,
@@ -382,6 +390,37 @@ def test_fit_writes_every_tag_at_the_expected_steps(tmp_path: Path, device: torc
     assert plotted["steps clipped so far"] == {"clip/clipped_steps"}
     assert plotted["total"] == {"grad_norm/total"}
     assert plotted["layer1 spectral radius"] == {f"spectral/layer1/{gate}/radius" for gate in "rzn"}
+
+
+def test_a_fit_writes_every_scalar_tag_to_csv_and_tensorboard_alike(tmp_path: Path) -> None:
+    csv_logger, tensorboard = CSVLogger(str(tmp_path), name="csv"), TensorBoardLogger(str(tmp_path), name="tb")
+    callbacks = [*all_diagnostics(every_n_steps=4), JacobianSpectrum(every_n_steps=4, probe_batch_size=4, k=2)]
+    fit(tmp_path, callbacks, max_steps=10, logger=[csv_logger, tensorboard], cell="gru")
+    accumulator = events(Path(tensorboard.log_dir))
+    in_tensorboard = {
+        tag: {event.step: event.value for event in accumulator.Scalars(tag)}
+        for tag in accumulator.Tags()["scalars"]
+        if tag not in LIGHTNING_TAGS
+    }
+    in_csv: dict[str, dict[int, float]] = {}
+    with open(Path(csv_logger.log_dir) / "metrics.csv") as file:
+        for row in csv.DictReader(file):
+            for tag, value in row.items():
+                if value and tag not in LIGHTNING_TAGS | {"step"}:
+                    in_csv.setdefault(tag, {})[int(row["step"])] = float(value)
+    expected = expected_tags(logged=[4, 9], periodic=[0, 4, 8])
+    assert set(expected) <= set(in_tensorboard)
+    assert any(tag.startswith("lyapunov/") for tag in in_tensorboard)
+    assert set(in_csv) == set(in_tensorboard)
+    for tag, values in in_tensorboard.items():
+        # TensorBoard keeps float32; the CSV file keeps the float32 value read on the host, printed in full.
+        assert {step: float(np.float32(value)) for step, value in in_csv[tag].items()} == values, tag
+    # The images: TensorBoard's, and the same pixels as PNG files beside the CSV file.
+    for tag in accumulator.Tags()["images"]:
+        for event in accumulator.Images(tag):
+            png = Path(csv_logger.log_dir, "images", *tag.split("/"), f"step_{event.step}.png")
+            tensorboard_pixels = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+            assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), tensorboard_pixels), (tag, event.step)
 
 
 @pytest.mark.parametrize("cell", sorted(MODELS))
