@@ -16,7 +16,8 @@ The names most programs need are importable from the package itself::
   :class:`~seqmem.callbacks.ClippingEvents`, :class:`~seqmem.callbacks.RecurrentSpectrum`,
   :class:`~seqmem.callbacks.TimestepGradients`, :class:`~seqmem.callbacks.InputSensitivity`,
   :class:`~seqmem.callbacks.JacobianSpectrum`, :class:`~seqmem.callbacks.NonFiniteGuard`,
-  :class:`~seqmem.callbacks.StepsToSolve`;
+  :class:`~seqmem.callbacks.StepsToSolve`, and their base class :class:`~seqmem.callbacks.Diagnostic` for one of
+  your own; what they measure, as pure functions, is in :mod:`seqmem.measures`;
 - the same diagnostics for a plain loop: :class:`~seqmem.diagnose.Diagnostics`,
   :func:`~seqmem.diagnose.timestep_gradients`, :func:`~seqmem.diagnose.sensitivity_curves`,
   :func:`~seqmem.diagnose.lyapunov_spectrum`, :func:`~seqmem.diagnose.spectral_radii`;
@@ -58,6 +59,7 @@ _EXPORTS = {
     "JacobianSpectrum": "seqmem.callbacks",
     "NonFiniteGuard": "seqmem.callbacks",
     "StepsToSolve": "seqmem.callbacks",
+    "Diagnostic": "seqmem.callbacks",
     "Diagnostics": "seqmem.diagnose",
     "timestep_gradients": "seqmem.diagnose",
     "sensitivity_curves": "seqmem.diagnose",

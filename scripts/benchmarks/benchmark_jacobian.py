@@ -3,8 +3,8 @@
 The shipped adding setup (H = 128, T = 100, training batch 64; adding.yaml): one training step (fused
 forward, backward, optimizer step) on a training batch, against one probe on its first
 ``--probe-batch`` rows — the measurement alone (``jacobian_spectrum``: Lyapunov exponents and σ_max(J_t)
-of every layer) and the whole ``probe_and_log`` (plus the summaries, the scalars and the matplotlib
-spectrum image written to a scratch TensorBoard directory).
+of every layer) and the whole probe (``JacobianSpectrum.write``: plus the summaries, the scalars and the
+matplotlib spectrum image written to a scratch TensorBoard directory).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/benchmarks/benchmark_jacobian.py --cpu-time
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from seqmem.callbacks import JacobianSpectrum
+from seqmem.diagnose import loggers_of
 from seqmem.measures import jacobian_spectrum, probe_mode
 from seqmem.models import MODELS
 from seqmem.module import SequenceModel
@@ -46,7 +47,7 @@ def median_time(fn, repeats: int, clock) -> float:
 
 
 def costs(options: dict, args: argparse.Namespace, clock, writer: SummaryWriter) -> tuple[float, float, float]:
-    """Median seconds of one training step, one ``jacobian_spectrum`` and one full ``probe_and_log``."""
+    """Median seconds of one training step, one ``jacobian_spectrum`` and one full JacobianSpectrum probe."""
     torch.manual_seed(args.seed)
     data = AddingData(seq_len=args.seq_len, batch_size=args.batch)
     model = SequenceModel(data.spec, hidden_size=args.hidden, **options)
@@ -67,9 +68,11 @@ def costs(options: dict, args: argparse.Namespace, clock, writer: SummaryWriter)
             exponents, sigma = jacobian_spectrum(model.net, probe_x, args.k, args.power_iterations)
             exponents.tolist(), sigma.sum().item()  # the results reach the host
 
+    callback.attach(model.diagnostic_view())
+    loggers = loggers_of(writer)
+
     def full_probe() -> None:
-        with probe_mode(model):
-            callback.probe_and_log(writer, model.diagnostic_view(), {"x": probe_x, "y": probe_y}, step=0)
+        callback.write(loggers, step=0, batch={"x": probe_x, "y": probe_y})
 
     return tuple(median_time(fn, args.repeats, clock) for fn in (train_step, measurement, full_probe))
 
