@@ -7,7 +7,7 @@ state s = (h, c), dimension D = 2H, whose c-block carries diag(f_t). Per layer, 
 
 * finite-time Lyapunov exponents λ_1 ≥ … ≥ λ_k by QR re-orthonormalisation (Benettin): push a seeded
   orthonormal frame Q_0 (D × k) through the step Jacobians, J_t Q_{t−1} = Q_t R_t, and average
-  ln|R_t[i, i]| over t. λ_i is the average log growth per step of the i-th direction, so the product
+  ``ln|R_t[i, i]|`` over t. λ_i is the average log growth per step of the i-th direction, so the product
   of Jacobians shrinks at ≈ e^{λ_1 k} over k steps in its most-preserved direction;
 * σ_max(J_t) at every step by power iteration on J_tᵀ J_t: how much one step can stretch a vector.
 
@@ -109,8 +109,8 @@ def push_frame(push: Callable[[Tensor], Tensor], frame: Tensor) -> Tensor:
 def lyapunov_exponents(trajectory: LayerTrajectory, k: int, seed: int = 0) -> Tensor:
     """Finite-time Lyapunov exponents of one layer along its trajectory, per sequence (Benettin's QR method).
 
-    Q_0 = :func:`initial_frame`; for t = 1..T: J_t Q_{t−1} = Q_t R_t (reduced QR); λ_i = (1/T) Σ_t ln|R_t[i, i]|.
-    A zero |R_t[i, i]| (a direction the step annihilates) is floored at the dtype's smallest normal number.
+    Q_0 = :func:`initial_frame`; for t = 1..T: J_t Q_{t−1} = Q_t R_t (reduced QR); λ_i = (1/T) Σ_t ``ln|R_t[i, i]|``.
+    A zero ``|R_t[i, i]|`` (a direction the step annihilates) is floored at the dtype's smallest normal number.
 
     Args:
         trajectory: the layer's run (cut from autograd).
