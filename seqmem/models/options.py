@@ -9,8 +9,9 @@ new options needs no edit outside ``seqmem/models``.
 
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from docstring_parser import parse
 
@@ -18,10 +19,11 @@ from docstring_parser import parse
 SIZE_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "dropout")
 
 
-class CellOption(NamedTuple):
+@dataclass(frozen=True)
+class CellOption:
     """One ``model.<name>`` option, as the cells that take it declare it.
 
-    Attributes:
+    Args:
         name: the constructor argument, which is also the option's name.
         type: the constructor's annotation (``Optional[float]``, a ``Literal`` of the allowed values, ...).
         doc: the cell docstring's description of the argument.
