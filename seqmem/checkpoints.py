@@ -3,8 +3,8 @@
 A checkpoint loads (``fit`` resumes it; ``validate``, ``test``, ``predict`` evaluate it) only into the model it
 was trained as: the same task — its :class:`TaskSpec` (sizes, loss, readout, baseline, buckets), so the data
 options that change it (the vocabulary, lexicon or corpus; copy's ``seq_len``, whose chance baseline depends on
-it; agreement's ``max_len`` where it changes the distance buckets) — and the same architecture
-(:data:`ARCHITECTURE`); and its weights must fit the model its settings describe (:func:`weights_mismatch`).
+it; agreement's ``max_len`` where it changes the distance buckets) — and the same architecture (:func:`architecture`:
+the sizes and every cell option); and its weights must fit the model its settings describe (:func:`weights_mismatch`).
 The command builds its model from its own config and options as always; nothing is taken from the checkpoint's
 hyperparameters, so a value that disagrees is an error, never silently replaced.
 
@@ -24,23 +24,19 @@ from typing import Any, Optional
 import torch
 
 from seqmem.errors import ConfigError, quote, require, shorten
+from seqmem.models import registered_options
 from seqmem.module import SequenceModel
 from seqmem.tasks.spec import TaskDataModule, TaskSpec
 
-#: The model options that define the network a checkpoint's weights belong to.
-ARCHITECTURE = (
-    "cell",
-    "hidden_size",
-    "num_layers",
-    "dropout",
-    "embedding_size",
-    "activation",
-    "orthogonal_init",
-    "orthogonal_map",
-    "irnn_scale",
-    "forget_bias",
-    "cell_options",
-)
+#: The model options that define the network a checkpoint's weights belong to, besides the cells' own options.
+ARCHITECTURE = ("cell", "hidden_size", "num_layers", "dropout", "embedding_size", "cell_options")
+
+
+def architecture() -> tuple[str, ...]:
+    """Every model option that defines the network: :data:`ARCHITECTURE` and the options of the cells in
+    :data:`~seqmem.models.MODELS` (:func:`~seqmem.models.registered_options`), each of which shapes or
+    initialises the cell it belongs to."""
+    return ARCHITECTURE + tuple(registered_options())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -80,9 +76,10 @@ def mismatch(checkpoint: dict[str, Any], model: SequenceModel, data: TaskDataMod
         data: the command's datamodule, whose options are named when the task differs.
     """
     saved = checkpoint["hyper_parameters"]
-    for name in ARCHITECTURE:
-        if saved.get(name) != model.hparams[name]:
-            mine, theirs = quote(model.hparams[name]), quote(saved.get(name))
+    for name in architecture():
+        # .get on both sides: a checkpoint, or a model, from before a cell with new options joined the table.
+        if saved.get(name) != model.hparams.get(name):
+            mine, theirs = quote(model.hparams.get(name)), quote(saved.get(name))
             return f"was trained with model.{name} {theirs}, this command gives {mine}"
     task, saved_task = model.task, saved["task"]
     if task.name != saved_task.name:

@@ -26,7 +26,8 @@ from seqmem.checkpoint_io import AtomicCheckpointIO, AtomicModelCheckpoint
 from seqmem.checkpoints import load_checkpoint, mismatch, newest_match, weights_mismatch
 from seqmem.configs import DEFAULTS, TASK_CONFIGS, find_config
 from seqmem.errors import PATH_QUOTE_LIMIT, ConfigError, Terminated, WriteError, chain, quote, require, shorten
-from seqmem.memory import check_batch_fits, host_memory, human, value_bytes
+from seqmem.memory import activation_bytes, check_batch_fits, host_memory, human, value_bytes
+from seqmem.models import registered_options
 from seqmem.module import SequenceModel
 from seqmem.tasks import TaskDataModule
 
@@ -75,6 +76,11 @@ class SeqmemCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
+        # Each cell's own options, as the cell table holds them now (SequenceModel takes them as **options).
+        for option in registered_options().values():
+            parser.groups["model"].add_argument(
+                f"--model.{option.name}", type=Optional[option.type], default=None, help=option.help
+            )
         # The spec is a property of the instantiated datamodule (the lm vocabulary is built on first
         # access), so the link is applied at instantiation.
         parser.link_arguments("data", "model.task", compute_fn=lambda data: data.spec, apply_on="instantiate")
@@ -213,7 +219,7 @@ class SeqmemCLI(LightningCLI):
             return
         activations = 0
         if self.trainer.strategy.root_device.type == "cpu":
-            activations = self.model.activation_bytes(shape.size, shape.steps, value_bytes(self.trainer.precision))
+            activations = activation_bytes(self.model, shape.size, shape.steps, value_bytes(self.trainer.precision))
         check_batch_fits(shape, activations, host_memory())
 
     def _check_checkpoint(self, ckpt_path: str) -> None:

@@ -8,10 +8,13 @@ it lets through may still run out of memory, which the CLI then reports in one l
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from seqmem.errors import require
 from seqmem.tasks.spec import BatchShape
+
+if TYPE_CHECKING:
+    from seqmem.module import SequenceModel
 
 #: Where a cgroup (a container, a systemd slice) caps this process's memory below the machine's: v2, then v1.
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -50,6 +53,25 @@ def human(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def activation_bytes(model: "SequenceModel", batch_size: int, steps: int, value_bytes: int = 4) -> int:
+    """The fewest bytes one forward pass of ``model`` over a batch of ``batch_size`` sequences of ``steps`` takes:
+    the embedding's output, every recurrent layer's outputs and a readout "all" head's, ``value_bytes`` a value.
+    Over a chunk only under truncated BPTT; backward keeps more (the gates), which this leaves out.
+
+    Example:
+        >>> from seqmem import AddingData, SequenceModel
+        >>> model = SequenceModel(AddingData(seq_len=100).spec, hidden_size=128, num_layers=2)
+        >>> activation_bytes(model, batch_size=64, steps=100)  # 64 · 100 · (2 · 128) values of 4 bytes
+        6553600
+    """
+    hp, task = model.hparams, model.task
+    steps = min(steps, hp.tbptt_steps or steps)
+    per_step = hp.hidden_size * hp.num_layers  # (B, T, H) per layer
+    per_step += hp.embedding_size if task.input_tokens else 0  # (B, T, E)
+    per_step += task.output_size if task.readout == "all" else 0  # (B, T, C)
+    return batch_size * steps * per_step * value_bytes
 
 
 def check_batch_fits(shape: BatchShape, activation_bytes: int, memory: Optional[int]) -> None:

@@ -1,90 +1,36 @@
 """SequenceModel: embedding/input -> recurrent net -> task head -> loss, trained by Lightning.
 
 The task (sizes, loss, readout, baseline) arrives as a :class:`TaskSpec` linked from the datamodule,
-so nothing is copied by hand between ``--data`` and ``--model``. Evaluation metrics live in
-:class:`~seqmem.metrics.TaskMetrics`, the state carried across batches in
-:class:`~seqmem.carried_state.CarriedState`.
+so nothing is copied by hand between ``--data`` and ``--model``. The network is the cell of ``model.cell``
+with the options it declares (:func:`seqmem.models.registered_options`). The rest lives in components of its own:
+truncated BPTT in :class:`~seqmem.tbptt.TruncatedBPTT`, clipping in :class:`~seqmem.clipping.GradientClipping`, the
+optimizer's checks and groups in :mod:`seqmem.optim`, evaluation metrics in :class:`~seqmem.metrics.TaskMetrics`,
+the state carried across batches in :class:`~seqmem.carried_state.CarriedState` and what an exact resume needs
+in :mod:`seqmem.resume`.
 """
 
-import math
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from seqmem.callbacks.base import logging_step
 from seqmem.carried_state import CarriedState
-from seqmem.errors import ConfigError, require, require_choice, shorten
+from seqmem.clipping import ClipAlgorithm, GradientClipping
+from seqmem.errors import require
 from seqmem.metrics import TaskMetrics
-from seqmem.models import Activation, OrthogonalInit, OrthogonalMap, State, build_model, detach_state
+from seqmem.models import State, build_model, registered_options
+from seqmem.optim import check_optimizer, optimizer_and_scheduler
+from seqmem.resume import RESUME_KEYS, restore_resume_state, save_resume_state
 from seqmem.tasks.spec import TaskSpec
+from seqmem.tbptt import TruncatedBPTT
 from seqmem.views import LossFn, SequenceModelView
 
 # Checkpoints hold the TaskSpec in their hyperparameters; allow it under torch.load(weights_only=True).
 torch.serialization.add_safe_globals([TaskSpec])
-
-ClipAlgorithm = Literal["norm", "value"]
-#: Optimizer arguments that must be finite and >= 0. torch lets an infinite value of each through, and NaN for some.
-NON_NEGATIVE_OPTIMIZER_ARGUMENTS = ("lr", "momentum", "weight_decay", "eps")
-
-
-def check_optimizer(optimizer: OptimizerCallable) -> None:
-    """Refuse optimizer arguments no run can train with, before the run starts.
-
-    torch checks an optimizer's arguments only when it is built, in ``configure_optimizers`` — after the run
-    folder, its config and its logs are written — and lets an infinite learning rate through. So the arguments
-    are checked here, then the optimizer is built once on a dummy parameter for torch's own checks of the rest.
-
-    Raises:
-        ConfigError: ``model.optimizer.lr``, ``momentum``, ``weight_decay`` or ``eps`` not finite or negative (a
-            learning rate of 0 is allowed: it freezes the model, whose diagnostics still run), naming the argument
-            and the value; or torch's reason for another argument it refuses.
-    """
-    # The values jsonargparse binds (a partial): checked before torch, whose messages give no rule.
-    check_optimizer_numbers(getattr(optimizer, "keywords", None) or {})
-    try:
-        built = optimizer([nn.Parameter(torch.zeros(1))])
-    except ValueError as err:  # torch's own checks: "Invalid beta parameter at index 0: 1.5"
-        raise ConfigError(f"model.optimizer: {shorten(' '.join(str(err).split()))}") from None
-    except Exception:  # one that builds only on the run's device (fused=True, say): left to configure_optimizers
-        return
-    check_optimizer_numbers(built.defaults)  # the class's defaults, and a plain callable's own values
-
-
-def check_optimizer_numbers(arguments: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` unless each of :data:`NON_NEGATIVE_OPTIMIZER_ARGUMENTS` in ``arguments`` is
-    finite and >= 0."""
-    for name in NON_NEGATIVE_OPTIMIZER_ARGUMENTS:
-        value = arguments.get(name)
-        if isinstance(value, Tensor) and value.numel() == 1:  # torch takes a tensor learning rate
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rule = " (0 freezes the model for its diagnostics)" if name == "lr" else ""
-            require(
-                math.isfinite(value) and value >= 0,
-                f"model.optimizer.{name} must be finite and >= 0{rule}, got {value}",
-            )
-
-
-def restore_cuda_rng_state(states: Optional[list[Tensor]]) -> None:
-    """Give every visible GPU its random state back from a checkpoint (None: written without CUDA).
-
-    A checkpoint from a machine with another number of GPUs cannot be matched device to device: the
-    generators keep their seeded state, with a warning that the resumed run is not bit-exact.
-    """
-    if states is None or not torch.cuda.is_available():
-        return
-    if len(states) != torch.cuda.device_count():
-        rank_zero_warn(
-            f"the checkpoint holds the random state of {len(states)} GPUs, this machine has "
-            f"{torch.cuda.device_count()}: GPU random states are not restored, so dropout differs from the original run"
-        )
-        return
-    torch.cuda.set_rng_state_all(states)
 
 
 class SequenceModel(L.LightningModule):
@@ -99,22 +45,14 @@ class SequenceModel(L.LightningModule):
         num_layers: stacked recurrent layers.
         dropout: dropout between recurrent layers.
         embedding_size: width of the token embedding (token tasks only: copy, agreement, lm).
-        activation: orthogonal only — tanh (fused kernel) or modrelu (step-by-step path, slower).
-        orthogonal_init: orthogonal only — initial W_h: henaff, cayley or random.
-        orthogonal_map: orthogonal only — cayley (default, scoRNN) or matrix_exp (expRNN, slower backward).
         orthogonal_lr_scale: learning-rate multiplier for the skew-symmetric parameters behind an
             orthogonal W_h (expRNN trains them at 0.1× the others).
-        irnn_scale: irnn only — W_h is initialised to this multiple of the identity.
-        spectral_radius: vanilla only — rescale the initial W_h to this spectral radius (e.g. 1.5 to make
-            gradients explode; None keeps PyTorch's init, radius ≈ 0.58).
-        forget_bias: lstm only — initial forget-gate bias (default 1.0; keeps the cell's memory open).
-        cell_options: a cell of one's own only — its further constructor arguments, e.g. ``{"alpha": 0.5}``.
+        cell_options: further constructor arguments of the cell, e.g. ``{"alpha": 0.5}`` for a cell of one's own.
         tbptt_steps: truncated BPTT: cut each batch into chunks of this many steps, carry the hidden state
             across chunk boundaries (detached, so the gradient stops there) and take one optimizer step per
-            chunk; ``trainer.global_step`` then counts chunk updates. Readout "all" tasks (copy, lm) take
-            the loss of each chunk on its own targets; readout "last" tasks (adding, agreement) have a loss
-            only at the final step, so the steps before the last ``tbptt_steps`` only advance the state
-            (no gradient) and each batch makes one update. None: full BPTT, one update per batch.
+            chunk; ``trainer.global_step`` then counts chunk updates. A task with a loss at its last step only
+            (adding, agreement) makes one update a batch, through its last ``tbptt_steps`` steps
+            (seqmem.tbptt). None: full BPTT, one update per batch.
         gradient_clip_val: clip the gradient of every update at this value (None: no clipping). With full
             BPTT ``trainer.gradient_clip_val`` does the same; with ``tbptt_steps`` only this option
             works, because Lightning refuses Trainer clipping under manual optimisation. Diagnostics see
@@ -124,6 +62,9 @@ class SequenceModel(L.LightningModule):
             ``lr``, ``momentum``, ``weight_decay`` and ``eps`` finite and >= 0 (lr 0 freezes the model for its
             diagnostics).
         lr_scheduler: optional learning-rate scheduler class and arguments.
+        options: the options the cells of :data:`~seqmem.models.MODELS` declare, by name (``forget_bias=3.0``;
+            :func:`~seqmem.models.registered_options`), each ``--model.<name>`` with its own help; None or absent
+            leaves the cell's default.
 
     Raises:
         ConfigError: an option out of range, or one that does not apply to the chosen cell.
@@ -147,31 +88,28 @@ class SequenceModel(L.LightningModule):
         num_layers: int = 1,
         dropout: float = 0.0,
         embedding_size: int = 32,
-        activation: Optional[Activation] = None,
-        orthogonal_init: Optional[OrthogonalInit] = None,
-        orthogonal_map: Optional[OrthogonalMap] = None,
         orthogonal_lr_scale: float = 0.1,
-        irnn_scale: Optional[float] = None,
-        spectral_radius: Optional[float] = None,
-        forget_bias: Optional[float] = None,
         cell_options: Optional[dict[str, Any]] = None,
         tbptt_steps: Optional[int] = None,
         gradient_clip_val: Optional[float] = None,
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **options: Any,
     ):
         super().__init__()
         require(task is not None, "model.task is missing: it is linked from the data module (pass --data ...)")
         require(embedding_size >= 1, f"model.embedding_size must be >= 1, got {embedding_size}")
         require(orthogonal_lr_scale > 0, f"model.orthogonal_lr_scale must be > 0, got {orthogonal_lr_scale}")
-        require(tbptt_steps is None or tbptt_steps >= 1, f"model.tbptt_steps must be >= 1 or null, got {tbptt_steps}")
-        require(
-            gradient_clip_val is None or gradient_clip_val > 0,
-            f"model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}",
-        )
-        require_choice(gradient_clip_algorithm, ClipAlgorithm, "model.gradient_clip_algorithm")
+        self.tbptt = None if tbptt_steps is None else TruncatedBPTT(tbptt_steps)
+        self.clipping = GradientClipping(gradient_clip_val, gradient_clip_algorithm)
         check_optimizer(optimizer)
+        known = registered_options()
+        for name in options:
+            require(name in known, f"model.{name} is not an option; the cells' options are: {', '.join(known)}")
+        # Every cell option a hyperparameter, None where not given (save_hyperparameters reads `options` as it is
+        # now): a checkpoint names the whole architecture.
+        options = {name: options.get(name) for name in known}
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.task = task
         self.optimizer = optimizer
@@ -180,14 +118,6 @@ class SequenceModel(L.LightningModule):
         self.automatic_optimization = tbptt_steps is None
         self.embed = nn.Embedding(task.input_size, embedding_size) if task.input_tokens else nn.Identity()
         net_input = embedding_size if task.input_tokens else task.input_size
-        options = dict(
-            activation=activation,
-            orthogonal_init=orthogonal_init,
-            orthogonal_map=orthogonal_map,
-            irnn_scale=irnn_scale,
-            spectral_radius=spectral_radius,
-            forget_bias=forget_bias,
-        )
         self.net = build_model(cell, net_input, hidden_size, num_layers, dropout, cell_options, **options)
         self.head = nn.Linear(hidden_size, task.output_size)
         self.carried = CarriedState(enabled=task.stateful)
@@ -203,24 +133,10 @@ class SequenceModel(L.LightningModule):
         outputs, state = self.net(self.embed(x), state)  # (B, T, H)
         return self.readout(outputs), state
 
-    def activation_bytes(self, batch_size: int, steps: int, value_bytes: int = 4) -> int:
-        """The fewest bytes one forward pass over a batch of ``batch_size`` sequences of ``steps`` takes: the
-        embedding's output, every recurrent layer's outputs and a readout "all" head's, ``value_bytes`` a value.
-        Over a chunk only under truncated BPTT; backward keeps more (the gates), which this leaves out."""
-        hp, task = self.hparams, self.task
-        steps = min(steps, hp.tbptt_steps or steps)
-        per_step = hp.hidden_size * hp.num_layers  # (B, T, H) per layer
-        per_step += hp.embedding_size if task.input_tokens else 0  # (B, T, E)
-        per_step += task.output_size if task.readout == "all" else 0  # (B, T, C)
-        return batch_size * steps * per_step * value_bytes
-
     def forward_steps(self, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
-        """Step-by-step twin of :meth:`forward` for diagnostics: predictions and ``hiddens[l][t]``.
-
-        ``hiddens[l][t]`` is layer l's h_t (B, H) as the graph consumed it, so ``autograd.grad`` of a
-        loss with respect to those tensors is the full dL/dh_t of every layer and step (see
-        RecurrentNet.forward_steps).
-        """
+        """Step-by-step twin of :meth:`forward` for diagnostics: predictions and ``hiddens[l][t]``, layer l's h_t
+        (B, H) as the graph consumed it, so ``autograd.grad`` of a loss with respect to those tensors is the full
+        dL/dh_t of every layer and step (see RecurrentNet.forward_steps)."""
         outputs, _, hiddens = self.net.forward_steps(self.embed(x))
         return self.readout(outputs), hiddens
 
@@ -247,8 +163,8 @@ class SequenceModel(L.LightningModule):
             # The streams restart with the epoch. Keyed on the batch index rather than on the epoch
             # start, so that a run resumed mid-epoch keeps the state restored from its checkpoint.
             self.carried.reset("train")
-        if self.hparams.tbptt_steps is not None:
-            return self._truncated_step(batch)
+        if self.tbptt is not None:
+            return self.tbptt.training_step(self, batch)
         pred, state = self(batch["x"], self.carried.get("train"))
         self.carried.carry("train", state)
         loss = self.loss(pred, batch["y"])
@@ -259,53 +175,10 @@ class SequenceModel(L.LightningModule):
         return loss
 
     def tbptt_chunks(self, x: Tensor, y: Tensor, state: Optional[State] = None) -> Iterator[tuple[Tensor, State]]:
-        """Truncated BPTT over one batch: yields ``(loss, state)`` once per update, in time order.
-
-        The consumer runs backward (and the optimizer step) on each loss before asking for the next;
-        the state is then detached, so no gradient crosses a chunk boundary while the forward values
-        flow on unchanged: the last state yielded equals the uncut forward's final state.
-
-        Args:
-            x: (B, T) token ids or (B, T, I) features.
-            y: targets, (B,) for readout "last", (B, T) for readout "all".
-            state: initial state (the carried state of a stateful task), zeros when None.
-        """
-        k, T = self.hparams.tbptt_steps, x.shape[1]
-        if self.task.readout == "last":
-            # The only loss is at step T: the steps before the last k advance the state without a
-            # gradient (none could reach them), then one update backpropagates through the last k.
-            cut = max(T - k, 0)
-            if cut:
-                with torch.no_grad():
-                    _, state = self.net(self.embed(x[:, :cut]), state)  # state after step cut
-            pred, state = self(x[:, cut:], state)  # (B[, C])
-            yield self.loss(pred, y), state
-            return
-        for start in range(0, T, k):
-            pred, state = self(x[:, start : start + k], state)  # (B, k, C)
-            yield self.loss(pred, y[:, start : start + k]), state
-            state = detach_state(state)
-
-    def _truncated_step(self, batch: dict) -> None:
-        optimizer = self.optimizers()
-        state = self.carried.get("train")
-        for loss, state_after in self.tbptt_chunks(batch["x"], batch["y"], state):
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            self._log_update(loss)
-            optimizer.step()  # runs on_before_optimizer_step: the callbacks' first, then our clipping
-            state = state_after
-        self.carried.carry("train", state)
-        # Lightning writes self.log values once per batch at its batch counter; a "step" value makes
-        # it use global_step (chunk updates) instead, so every logged curve shares one x-axis.
-        self.log("step", float(self.global_step))
-
-    def _log_update(self, loss: Tensor) -> None:
-        """train/loss of one chunk update, written at its own global_step on the logging cadence."""
-        self.log("train/loss", loss, prog_bar=True, logger=False)
-        if logging_step(self.trainer):  # the cadence of Lightning's automatic loop and of the diagnostics
-            for logger in self.loggers:
-                logger.log_metrics({"train/loss": loss.item()}, step=self.global_step)
+        """Truncated BPTT over one batch (``model.tbptt_steps``): yields ``(loss, state)`` once per update, in time
+        order (:meth:`TruncatedBPTT.chunks <seqmem.tbptt.TruncatedBPTT.chunks>`)."""
+        require(self.tbptt is not None, "model.tbptt_steps is not set: this model trains with full BPTT")
+        return self.tbptt.chunks(self, x, y, state)
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -316,35 +189,24 @@ class SequenceModel(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Exact resume: the carried lm state of every rank (a collective, so every rank calls it) and the
-        # random states that dropout draws from, the CPU's and every visible GPU's. Lightning restores none.
-        carried = self.carried.gather_train(self)
-        if carried is not None:
-            checkpoint["carried_train_state"] = carried
-        checkpoint["cpu_rng_state"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+        save_resume_state(self, self.carried, checkpoint)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> "SequenceModel":
+        """Lightning's ``load_from_checkpoint``, the hyperparameters handed to the class as they are: the CLI's
+        checkpoints name jsonargparse as their instantiator, which knows the signature, not the cells' options."""
+        return super().load_from_checkpoint(checkpoint_path, _instantiator=None, **kwargs)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Applied when training starts: the trainer (ranks, device) is known only then, and a model
-        # loaded for analysis (load_from_checkpoint) must not reset the global random state.
-        keys = ("cpu_rng_state", "cuda_rng_state", "carried_train_state")
-        self._resume_from = {key: checkpoint.get(key) for key in keys}
+        # Applied in on_train_start, not here (seqmem.resume.restore_resume_state says why).
+        self._resume_from = {key: checkpoint.get(key) for key in RESUME_KEYS}
 
     @override
     def on_train_start(self) -> None:
-        checkpoint = self.__dict__.pop("_resume_from", None)
-        if checkpoint is None:
-            return
-        if checkpoint["cpu_rng_state"] is not None:
-            torch.set_rng_state(checkpoint["cpu_rng_state"])
-        restore_cuda_rng_state(checkpoint["cuda_rng_state"])
-        if checkpoint["carried_train_state"] is not None:
-            trainer = self.trainer
-            self.carried.restore_train(
-                checkpoint["carried_train_state"], trainer.global_rank, trainer.world_size, self.device
-            )
+        saved = self.__dict__.pop("_resume_from", None)
+        if saved is not None:
+            restore_resume_state(saved, self, self.carried)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, batch: dict, stage: str) -> None:
@@ -394,40 +256,15 @@ class SequenceModel(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------
     def clip_settings(self) -> tuple[Optional[float], Optional[str]]:
-        """The gradient clipping in force: (clip value or None, "norm" or "value").
-
-        Diagnostics read clipping from here rather than from the Trainer: ``model.gradient_clip_val``
-        works in both modes; a plain ``Trainer(gradient_clip_val=...)`` (automatic mode only) is
-        reported when the model sets none.
-        """
-        if self.hparams.gradient_clip_val is not None:
-            return self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm
-        trainer = self.trainer
-        return trainer.gradient_clip_val or None, trainer.gradient_clip_algorithm or "norm"
+        """The gradient clipping in force, (clip value or None, "norm" or "value"), as the diagnostics read it: the
+        model's own where set (it works in both modes), else a plain ``Trainer(gradient_clip_val=...)``."""
+        return self.clipping.settings(self)
 
     def check_clipping(self, trainer: L.Trainer) -> None:
-        """One clipper at a time, and the one that works in this mode.
-
-        Lightning refuses Trainer clipping under manual optimisation (truncated BPTT), and Trainer and
-        model clipping together would clip twice. Called in :meth:`on_fit_start`, so a Trainer built in
-        Python is checked; the CLI calls it before fitting, ahead of Lightning's own refusal (a traceback).
-
-        Raises:
-            ConfigError: naming the conflicting options and the fix.
-        """
-        if not trainer.gradient_clip_val:
-            return
-        require(
-            self.hparams.tbptt_steps is None,
-            "trainer.gradient_clip_val does not work with model.tbptt_steps (Lightning cannot clip under manual "
-            "optimisation): pass --trainer.gradient_clip_val null --model.gradient_clip_val "
-            f"{trainer.gradient_clip_val}",
-        )
-        require(
-            self.hparams.gradient_clip_val is None,
-            "set trainer.gradient_clip_val or model.gradient_clip_val, not both (each would clip): pass "
-            "--trainer.gradient_clip_val null to keep the model's",
-        )
+        """Raise :class:`~seqmem.errors.ConfigError` unless one clipper works, the one this mode allows
+        (:meth:`seqmem.clipping.GradientClipping.check`). Called in :meth:`on_fit_start`, so a Trainer built in
+        Python is checked; the CLI calls it before fitting, ahead of Lightning's own refusal (a traceback)."""
+        self.clipping.check(trainer, truncated=self.tbptt is not None)
 
     @override
     def on_fit_start(self) -> None:
@@ -436,23 +273,9 @@ class SequenceModel(L.LightningModule):
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning runs the callbacks' hooks before this one, so diagnostics see the pre-clip gradient.
-        if self.hparams.gradient_clip_val is not None:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.hparams.gradient_clip_val,
-                gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
-            )
+        self.clipping.clip(self, optimizer)
 
     @override
     def configure_optimizers(self) -> Any:
-        # The parameters behind an orthogonal W_h (its skew-symmetric A) get their own learning rate:
-        # expRNN trains them 10x slower than the rest.
-        orthogonal = self.net.orthogonal_parameters()
-        rest = [p for p in self.parameters() if all(p is not q for q in orthogonal)]
-        groups = [{"params": rest}] + ([{"params": orthogonal}] if orthogonal else [])
-        optimizer = self.optimizer(groups)
-        if orthogonal:
-            optimizer.param_groups[1]["lr"] = optimizer.defaults["lr"] * self.hparams.orthogonal_lr_scale
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        orthogonal, scale = self.net.orthogonal_parameters(), self.hparams.orthogonal_lr_scale
+        return optimizer_and_scheduler(list(self.parameters()), orthogonal, self.optimizer, self.lr_scheduler, scale)

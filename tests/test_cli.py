@@ -17,7 +17,7 @@ import yaml
 from conftest import CONFIGS, HUB_CORPUS, HUB_SPLITS, QUIET, REPO_ROOT, TASK_CONFIGS, fit_args
 
 from seqmem.cli import main, run_cli
-from seqmem.models import MODELS, OrthogonalRNN
+from seqmem.models import MODELS, OrthogonalRNN, registered_options
 from seqmem.module import SequenceModel
 
 CELLS = ["vanilla", "orthogonal", "irnn", "gru", "lstm"]
@@ -391,11 +391,14 @@ def test_fit_help_shows_every_model_argument_with_its_doc(capsys):
     docs = documented_args(SequenceModel)
     parameters = set(inspect.signature(SequenceModel.__init__).parameters) - {"self"}
     assert set(docs) == parameters  # every constructor argument is documented
-    # task is linked from --data, so it is not a user option and has no help entry of its own.
-    for name in parameters - {"task"}:
+    # task is linked from --data, so it is not a user option and has no help entry of its own; options stands for
+    # the cells' own, each an option with the help the cell's docstring gives it.
+    for name in parameters - {"task", "options"}:
         assert f"--model.{name}" in help_text
         # argparse re-wraps help lines; compare the first words, whitespace-normalised.
         assert " ".join(docs[name].split()[:6]) in help_text, name
+    for name, option in registered_options().items():
+        assert f"--model.{name} {name.upper()} {' '.join(option.help.split()[:8])}" in help_text, name
 
 
 @pytest.mark.parametrize("name", ["agreement", "agreement.yaml"])

@@ -1,4 +1,8 @@
-"""Recurrent families, one file each, and the one table mapping ``model.cell`` names to classes."""
+"""Recurrent families, one file each, and the one table mapping ``model.cell`` names to classes.
+
+A row of :data:`MODELS` is all a cell needs to be a ``model.cell`` choice everywhere, with the options it declares
+(:attr:`RecurrentNet.options`) as ``--model.<name>``: :func:`registered_options` reads them off the table.
+"""
 
 import importlib
 import inspect
@@ -9,11 +13,12 @@ from seqmem.models.base import RecurrentNet
 from seqmem.models.elman import IRNN, VanillaRNN
 from seqmem.models.gru import GRU
 from seqmem.models.lstm import LSTM
+from seqmem.models.options import SIZE_ARGUMENTS, CellOption, declared_options, gather_options
 from seqmem.models.orthogonal import Activation, OrthogonalInit, OrthogonalMap, OrthogonalRNN
 from seqmem.models.state import State, detach_state, state_from_parts, state_parts
 
-#: The one table of seqmem's cells: ``model.cell`` name -> class. A new row is a new choice everywhere (the CLI, sweeps,
-#: the equivalence tests).
+#: The one table of seqmem's cells: ``model.cell`` name -> class. A new row is a new choice everywhere (the CLI and its
+#: options, sweeps, checkpoints, the equivalence tests).
 MODELS: dict[str, type[RecurrentNet]] = {
     "vanilla": VanillaRNN,
     "orthogonal": OrthogonalRNN,
@@ -24,6 +29,13 @@ MODELS: dict[str, type[RecurrentNet]] = {
 
 # The names of seqmem's cells, read off the table so that a new row is a new choice.
 Cell = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+
+
+def registered_options() -> dict[str, CellOption]:
+    """The options the cells of :data:`MODELS` declare, by name (``forget_bias``, ``activation``, ...), read off the
+    table as it is now: ``--model.<name>`` in the CLI, a hyperparameter of
+    :class:`~seqmem.module.SequenceModel` and part of the architecture a checkpoint must match."""
+    return gather_options(MODELS)
 
 
 def resolve_cell(cell: str) -> type[RecurrentNet]:
@@ -60,7 +72,7 @@ def build_model(
 ) -> RecurrentNet:
     """Instantiate the cell ``cell`` (:func:`resolve_cell`); ``options`` set to None are left at its default.
 
-    An option that the chosen cell does not take (``forget_bias`` with ``gru``) is a config error
+    An option that the chosen cell does not declare (``forget_bias`` with ``gru``) is a config error
     rather than silently ignored.
 
     Args:
@@ -69,23 +81,22 @@ def build_model(
         hidden_size: units per layer.
         num_layers: stacked layers.
         dropout: dropout between layers.
-        cell_options: further constructor arguments of a cell of one's own (``model.cell_options``).
-        options: seqmem's cell options (``forget_bias``, ``activation``, ...), None where not given.
+        cell_options: further constructor arguments of the cell (``model.cell_options``).
+        options: the cells' declared options (:func:`registered_options`), None where not given.
 
     Raises:
         ConfigError: an unknown cell, or an option the cell does not take.
     """
     cls = resolve_cell(cell)
     given = {name: value for name, value in options.items() if value is not None}
-    takes = inspect.signature(cls.__init__).parameters
     for name in given:
-        users = sorted(c for c, k in MODELS.items() if name in inspect.signature(k.__init__).parameters)
-        require(name in takes, f"model.{name} applies only to cell {' / '.join(users)}, not {cell!r}")
+        users = registered_options()[name].defaults if name in registered_options() else {}
+        require(name in declared_options(cls), f"model.{name} applies only to cell {' / '.join(users)}, not {cell!r}")
+    takes = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", *SIZE_ARGUMENTS)]
     for name in cell_options or {}:
         require(
-            name in takes and name not in ("self", "input_size", "hidden_size", "num_layers", "dropout"),
-            f"model.cell_options: {cls.__name__} takes no option {name!r} "
-            f"(it takes: {', '.join(list(takes)[5:]) or 'none'})",
+            name in takes,
+            f"model.cell_options: {cls.__name__} takes no option {name!r} (it takes: {', '.join(takes) or 'none'})",
         )
     return cls(input_size, hidden_size, num_layers, dropout, **given, **(cell_options or {}))
 
@@ -97,6 +108,7 @@ __all__ = [
     "MODELS",
     "Activation",
     "Cell",
+    "CellOption",
     "OrthogonalInit",
     "OrthogonalMap",
     "OrthogonalRNN",
@@ -104,6 +116,7 @@ __all__ = [
     "State",
     "VanillaRNN",
     "build_model",
+    "registered_options",
     "resolve_cell",
     "detach_state",
     "state_from_parts",

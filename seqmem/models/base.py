@@ -47,6 +47,9 @@ class RecurrentNet(nn.Module):
     state_size: int = 1
     #: W_h is kept exactly orthogonal; the spectral diagnostic then also logs its distance from orthogonality.
     orthogonal: bool = False
+    #: The constructor arguments offered as ``model.<name>`` options (``--model.forget_bias``), each typed in the
+    #: signature, with a default, and documented under ``Args:`` (:func:`seqmem.models.registered_options`).
+    options: tuple[str, ...] = ()
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()

@@ -26,6 +26,7 @@ class VanillaRNN(TorchRecurrentNet):
     """
 
     nonlinearity = "tanh"
+    options = ("spectral_radius",)
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class IRNN(VanillaRNN):
     """
 
     nonlinearity = "relu"
+    options = ("irnn_scale",)
 
     def __init__(
         self,

@@ -22,12 +22,13 @@ class LSTM(TorchRecurrentNet):
         hidden_size: units per layer.
         num_layers: stacked recurrent layers.
         dropout: dropout between layers.
-        forget_bias: initial forget-gate bias (set in b_ih, with b_hh's forget block zeroed, so
-            the total is exactly this); None keeps PyTorch's uniform init.
+        forget_bias: initial forget-gate bias, set in b_ih with b_hh's forget block zeroed so that the total is
+            exactly this; 1.0 keeps the cell's memory open (None, from Python, keeps PyTorch's uniform init).
     """
 
     gate_names = ("i", "f", "g", "o")
     state_size = 2
+    options = ("forget_bias",)
 
     def __init__(
         self,

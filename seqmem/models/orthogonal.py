@@ -22,7 +22,7 @@ from seqmem.errors import require_choice
 from seqmem.models.base import RecurrentNet
 from seqmem.models.state import State
 
-# The allowed values of the cell's options, defined once: SequenceModel's signature (and so --help) and the
+# The allowed values of the cell's options, defined once: the constructor's signature (and so --help) and the
 # checks below use these aliases.
 Activation = Literal["tanh", "modrelu"]
 OrthogonalInit = Literal["henaff", "cayley", "random"]
@@ -88,6 +88,7 @@ class OrthogonalRNN(RecurrentNet):
     """
 
     orthogonal = True
+    options = ("activation", "orthogonal_init", "orthogonal_map")
 
     def __init__(
         self,
