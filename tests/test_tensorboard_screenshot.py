@@ -28,7 +28,7 @@ def test_fit_arguments_build_the_short_run_with_frequent_probes(workdir: Path) -
     assert cli.trainer.max_steps == 200 and cli.trainer.log_every_n_steps == 5
     assert Path(cli.trainer.logger.log_dir) == workdir / "vanilla"  # the run TensorBoard names "vanilla"
     assert cli.datamodule.hparams.max_len == 30 and cli.datamodule.hparams.distance == 20
-    probes = {type(c).__name__: c.every_n_steps for c in cli.trainer.callbacks if hasattr(c, "every_n_steps")}
+    probes = {type(c).__name__: n for c in cli.trainer.callbacks if (n := getattr(c, "every_n_steps", None))}
     assert probes == dict.fromkeys(
         ["RecurrentSpectrum", "TimestepGradients", "InputSensitivity", "JacobianSpectrum"], 25
     )
