@@ -19,7 +19,9 @@ import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.image import imsave
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
+from torch.utils.tensorboard.summary import scalar
 
 from seqmem.atomic import replaced
 from seqmem.errors import WriteError
@@ -34,8 +36,9 @@ def log_scalars(loggers: Sequence[Logger], values: Mapping[str, Union[Tensor, fl
     """Write every value to every logger at ``step``, with one device-to-host copy for all tensor values together.
 
     A tensor value is read as float32 (a 64-true run's float64 norms too), so that a tag holds the same number in
-    every precision and every logger; a Python number is written as it is. A TensorBoard logger gets
-    ``add_scalar(tag, value, step)`` on its writer, every other logger ``log_metrics(values, step)``.
+    every precision and every logger; a Python number is written as it is. A TensorBoard logger gets the scalar
+    summaries ``add_scalar(tag, value, step)`` writes, all in one event; every other logger
+    ``log_metrics(values, step)``.
 
     Args:
         loggers: the run's loggers (``trainer.loggers``).
@@ -60,10 +63,12 @@ def log_scalars(loggers: Sequence[Logger], values: Mapping[str, Union[Tensor, fl
         return
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            # The writer's add_scalar itself, not log_metrics: log_metrics would put the logger's `prefix` before
-            # each tag, and the custom-scalars layout's charts (log_layout) name the tags as they are.
-            for tag, number in numbers.items():
-                logger.experiment.add_scalar(tag, number, step)
+            # The writer's own summaries, not log_metrics: log_metrics would put the logger's `prefix` before each
+            # tag, and the custom-scalars layout's charts (log_layout) name the tags as they are. All values in one
+            # event, as add_scalar would write them one by one: each event is a hand-off to the writer's thread,
+            # and that hand-off, not the write, is what a scalar costs (about 4x less per value in one event).
+            summary = Summary(value=[value for tag, number in numbers.items() for value in scalar(tag, number).value])
+            logger.experiment._get_file_writer().add_summary(summary, step)
         else:
             logger.log_metrics(numbers, step)
 

@@ -49,6 +49,9 @@ class StepsToSolve(L.Callback):
         )
         require(mode in (None, "max", "min"), f"StepsToSolve mode must be max or min, got {mode!r}")
         self._given = (metric, threshold, mode)
+        # Distinct keys let two instances (say two thresholds) keep their own state in one checkpoint. Made once:
+        # Lightning reads a callback's state_key at every hook it calls (for its profiler's names).
+        self._state_key = self._generate_state_key(metric=metric, threshold=threshold, mode=mode)
         self.metric: Optional[str] = None  # the criterion in force, resolved against the task in setup()
         self.threshold: Optional[float] = None
         self.mode: Optional[str] = None
@@ -57,9 +60,7 @@ class StepsToSolve(L.Callback):
 
     @property
     def state_key(self) -> str:
-        # Distinct keys let two instances (say two thresholds) keep their own state in one checkpoint.
-        metric, threshold, mode = self._given
-        return self._generate_state_key(metric=metric, threshold=threshold, mode=mode)
+        return self._state_key
 
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         metric, threshold, mode = self._given
