@@ -38,12 +38,22 @@ def test_every_rung_trains_the_same_steps_and_the_ratios_follow_from_the_seconds
     args = argparse.Namespace(trial_steps=steps, repeats=2, trial_cells=["vanilla"])
     with mock.patch.dict(benchmark_speed.RUNGS, rungs), mock.patch.object(L.Trainer, "fit", count_steps(L.Trainer.fit)):
         table = benchmark_speed.trial_table(args)
-    assert trained == {"BareModule": [steps, steps], "SequenceModel": [steps] * 4}  # bare, no diagnostics, trial
+    # bare, logged, no diagnostics, trial: two repeats each
+    assert trained == {"BareModule": [steps] * 2, "LoggedModule": [steps] * 2, "SequenceModel": [steps] * 4}
     row = next(line for line in table.splitlines() if line.startswith("| vanilla |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     plain, trial = seconds["plain loop"], seconds["seqmem trial"]
     ratios = [t / p for t, p in zip(trial, plain, strict=True)]
-    assert cells[5] == f"**{sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2:.3f}**"  # the median of two
-    assert cells[6] == ", ".join(f"{r:.3f}" for r in ratios)
+    assert cells[6] == f"**{sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2:.3f}**"  # the median of two
+    assert cells[7] == ", ".join(f"{r:.3f}" for r in ratios)
     bare = [b / p for b, p in zip(seconds["bare Lightning"], plain, strict=True)]
-    assert cells[7] == f"{(bare[0] + bare[1]) / 2:.3f}"
+    assert cells[8] == f"{(bare[0] + bare[1]) / 2:.3f}"
+    median = {
+        (top, bottom): sum(t / b for t, b in zip(seconds[top], seconds[bottom], strict=True)) / 2
+        for top, bottom in [
+            ("seqmem trial", "bare Lightning"),
+            ("seqmem, no diagnostics", "Lightning, logged"),
+            ("seqmem trial", "seqmem, no diagnostics"),
+        ]
+    }
+    assert cells[9:12] == [f"{m:.3f}" for m in median.values()]
