@@ -22,6 +22,10 @@ class ConfigError(ValueError):
     """A user-facing configuration error: one line naming the option and the allowed values."""
 
 
+class RaggedBatchError(ConfigError):
+    """A measure that is not defined on a batch whose sequences have different lengths (a ``PackedSequence``)."""
+
+
 #: A terminal escape sequence: CSI (``ESC [ 1 m``, bold), OSC (``ESC ] ... BEL``, a window title), or ESC and one
 #: character. torch's refusal of a pickle prints bold so; quoted in an error line it would restyle the terminal.
 TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")

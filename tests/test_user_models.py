@@ -550,14 +550,6 @@ class Homemade(Plain):
         self.rnn = HomemadeLSTM()
 
 
-class Packed(ReluRegressor):
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        lengths = torch.full((x.shape[0],), x.shape[1])
-        out, h = self.rnn(nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True))
-        return F.mse_loss(self.head(h[-1]).squeeze(-1), y)
-
-
 class Manual(ReluRegressor):
     def __init__(self):
         super().__init__()
@@ -594,12 +586,6 @@ def test_a_model_with_no_recurrent_layer_is_refused_by_the_recurrent_diagnostics
     assert not (tmp_path / "checkpoints").exists()
     message = refusal(tmp_path, Homemade(), TimestepGradients())
     assert "its rnn (HomemadeLSTM) cannot be stepped; supported: nn.RNN, nn.GRU, nn.LSTM" in message
-
-
-def test_a_packed_sequence_is_refused_in_one_line(tmp_path: Path) -> None:
-    message = refusal(tmp_path, Packed(), TimestepGradients(every_n_steps=1))
-    assert message.startswith("the per-timestep diagnostics step rnn (nn.RNN) on padded batches only")
-    assert "PackedSequence" in message
 
 
 def test_a_manually_optimised_module_needs_a_probe_loss(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart, escaped
-from seqmem.callbacks.probe import check_curve_options
+from seqmem.callbacks.probe import RAGGED, check_curve_options
 from seqmem.errors import require_choice
 from seqmem.measures import curve_summary, hidden_grad_norms
 from seqmem.plots import NormHeatmap
@@ -22,7 +22,10 @@ class TimestepGradients(Diagnostic):
     (one row per layer, time step t left to right, colour log10(‖dL/dh_t‖ / max) from −``decades`` to 0, with
     axes, colour bar and the max in the title). ``<layer>`` is ``layer<l>`` for SequenceModel and
     ``<module path>/layer<l>[_reverse]`` for any other model; a reverse direction's steps run from the last
-    position back, and a cell called in the model's loop counts each call as one step.
+    position back, and a cell called in the model's loop counts each call as one step. On a ragged probe batch
+    (a ``PackedSequence`` of sequences of different lengths) lags are counted from each sequence's own end and
+    the tags end in ``_ragged`` (``grad_time/<layer>/ratio_lag<k>_ragged``, ``grad_time/heatmap_ragged``, ...;
+    :func:`seqmem.measures.from_end_norms`).
 
     Rank-local: rank 0 probes its own probe batch; nothing is reduced across ranks.
 
@@ -69,13 +72,15 @@ class TimestepGradients(Diagnostic):
 
     @override
     def layout(self, view: ModuleView) -> Layout:
+        ragged = f"({RAGGED})?"  # a ragged probe batch's tags share the charts
         charts = {
-            "gradient horizon": chart(r"grad_time/(.+/)?layer\d+(_reverse)?/horizon"),
-            "final-step gradient": chart(r"grad_time/(.+/)?layer\d+(_reverse)?/final"),
+            "gradient horizon": chart(rf"grad_time/(.+/)?layer\d+(_reverse)?/horizon{ragged}"),
+            "final-step gradient": chart(rf"grad_time/(.+/)?layer\d+(_reverse)?/final{ragged}"),
         }
         for prefix, recurrence in view.recurrences.items():
             for name in recurrence.layer_names():
-                charts[f"{prefix}{name} ratio at lags"] = chart(rf"grad_time/{escaped(prefix + name)}/ratio_lag\d+")
+                pattern = rf"grad_time/{escaped(prefix + name)}/ratio_lag\d+{ragged}"
+                charts[f"{prefix}{name} ratio at lags"] = chart(pattern)
         return {"grad_time": charts}
 
     @override
@@ -84,11 +89,13 @@ class TimestepGradients(Diagnostic):
         self._warn_unreached(self.view, curves)
         values, images = {}, {}
         for prefix, norms in curves.items():  # (L, T)
+            ragged = RAGGED if prefix in self.view.ragged else ""
             for name, curve in zip(self.view.recurrences[prefix].layer_names(), norms, strict=True):
                 summary = curve_summary(curve, self.lags, self.threshold)
-                values.update({f"grad_time/{prefix}{name}/{key}": value for key, value in summary.items()})
-            heatmap = self.heatmaps.setdefault(prefix, NormHeatmap(self.decades, "time step t", "layer", "‖dL/dh_t‖"))
-            images[f"grad_time/{prefix}heatmap"] = heatmap.render(norms)
+                values.update({f"grad_time/{prefix}{name}/{key}{ragged}": value for key, value in summary.items()})
+            xlabel = "steps before each sequence's end" if ragged else "time step t"
+            heatmap = self.heatmaps.setdefault(prefix + ragged, NormHeatmap(self.decades, xlabel, "layer", "‖dL/dh_t‖"))
+            images[f"grad_time/{prefix}heatmap{ragged}"] = heatmap.render(norms)
         return Measurement(values, images)
 
     def _warn_unreached(self, view: ModuleView, curves: dict[str, Tensor]) -> None:

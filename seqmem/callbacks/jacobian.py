@@ -5,11 +5,12 @@ every recurrent layer, with the image of the exponents against training step (th
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart, escaped
-from seqmem.errors import require
+from seqmem.errors import RaggedBatchError, require
 from seqmem.measures import model_spectra, predicted_horizon
 from seqmem.plots import SpectrumPlot
 from seqmem.views import LossFn, ModuleView
@@ -29,6 +30,10 @@ class JacobianSpectrum(Diagnostic):
 
     Rank-local like the other probes; training gradients are untouched (only jvp / vjp with respect to
     the state, no ``.backward()``), and the random frames come from their own seeded generators.
+
+    A ragged probe batch (a ``PackedSequence`` of sequences of different lengths) is not measured: the finite-time
+    exponents of sequences of different lengths are averages over different horizons, not one spectrum; the
+    diagnostic says so once, in one warning line, and writes nothing, while the other diagnostics measure it.
 
     Args:
         every_n_steps: probe on optimizer steps 0, N, 2N, ...
@@ -69,6 +74,7 @@ class JacobianSpectrum(Diagnostic):
         # Per recurrence (tag prefix): (step, (L, k) exponents on the CPU) of every probe so far, for its image.
         self.history: dict[str, list[tuple[int, Tensor]]] = {}
         self.plots: dict[str, SpectrumPlot] = {}  # built at a recurrence's first probe, when L and T are known
+        self.refused = False  # a ragged probe batch was refused, and said so once
 
     @override
     def check(self, view: ModuleView) -> None:
@@ -93,7 +99,13 @@ class JacobianSpectrum(Diagnostic):
 
     @override
     def measure(self, step: int, batch: Any) -> Measurement:
-        spectra = model_spectra(self.view, batch, self.k, self.power_iterations, self.seed)
+        try:
+            spectra = model_spectra(self.view, batch, self.k, self.power_iterations, self.seed)
+        except RaggedBatchError as refusal:  # this diagnostic alone is left out; the others measure the batch
+            if not self.refused:
+                self.refused = True
+                rank_zero_warn(f"{type(self).__name__} is left out: {refusal}")
+            return Measurement({}, {})
         values = {}
         for prefix, (exponents, sigma) in spectra.items():  # (L, k), (L, T, B)
             length = sigma.shape[1]

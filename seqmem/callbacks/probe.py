@@ -51,6 +51,11 @@ class ProbeBatch:
         self.batch = state
 
 
+#: What ends the tags of a curve measured on a ragged probe batch (a PackedSequence of sequences of different
+#: lengths), whose lags are counted from each sequence's own end.
+RAGGED = "_ragged"
+
+
 def check_curve_options(who: str, lags: tuple[int, ...], threshold: float, decades: float) -> None:
     """Refuse, in one line, the lags, threshold or colour scale of a diagnostic that summarises curves."""
     require(all(k >= 1 for k in lags), f"lags of {who} must all be >= 1, got {list(lags)}")

@@ -6,7 +6,7 @@ from typing import Any, Optional
 from typing_extensions import override
 
 from seqmem.callbacks.base import Diagnostic, Layout, Measurement, chart
-from seqmem.callbacks.probe import check_curve_options
+from seqmem.callbacks.probe import RAGGED, check_curve_options
 from seqmem.errors import require
 from seqmem.measures import curve_summary, sensitivity_norms
 from seqmem.plots import NormHeatmap
@@ -20,7 +20,9 @@ class InputSensitivity(Diagnostic):
     ``sensitivity/heatmap`` (input position ℓ left to right, colour log10(norm / max) from −``decades`` to 0,
     with axes, colour bar and the max in the title). For any model but SequenceModel the tags carry the
     recurrence's module path (``sensitivity/<path>/...``), and a bidirectional one's reverse direction writes
-    ``sensitivity/<path>/reverse/...`` (its lags counted from position 0).
+    ``sensitivity/<path>/reverse/...`` (its lags counted from position 0). On a ragged probe batch (a
+    ``PackedSequence`` of sequences of different lengths) lags are counted from each sequence's own end and the
+    tags end in ``_ragged`` (``sensitivity/<path>/horizon_ragged``, ...; :func:`seqmem.measures.from_end_rms`).
 
     Rank-local: rank 0 probes its own probe batch; nothing is reduced across ranks.
 
@@ -64,11 +66,12 @@ class InputSensitivity(Diagnostic):
 
     @override
     def layout(self, view: ModuleView) -> Layout:
+        ragged = f"({RAGGED})?"  # a ragged probe batch's tags share the charts
         return {
             "sensitivity": {
-                "ratio at lags": chart(r"sensitivity/(.+/)?ratio_lag\d+"),
-                "horizon": chart(r"sensitivity/(.+/)?horizon"),
-                "final input": chart(r"sensitivity/(.+/)?final"),
+                "ratio at lags": chart(rf"sensitivity/(.+/)?ratio_lag\d+{ragged}"),
+                "horizon": chart(rf"sensitivity/(.+/)?horizon{ragged}"),
+                "final input": chart(rf"sensitivity/(.+/)?final{ragged}"),
             }
         }
 
@@ -78,10 +81,12 @@ class InputSensitivity(Diagnostic):
         curves = {prefix: rows.detach() for prefix, rows in norms.items()}
         values, images = {}, {}
         for prefix, rows in curves.items():  # (D, T)
+            ragged = RAGGED if prefix in self.view.ragged else ""
             for direction, curve in zip(("", "reverse/")[: len(rows)], rows, strict=True):
                 summary = curve_summary(curve, self.lags, self.threshold)
                 tag = f"sensitivity/{prefix}{direction}".rstrip("/")
-                values.update({f"{tag}/{key}": value for key, value in summary.items()})
-            heatmap = self.heatmaps.setdefault(prefix, NormHeatmap(self.decades, "input position ℓ", "", "‖∂h_T/∂x_ℓ‖"))
-            images[f"sensitivity/{prefix}heatmap"] = heatmap.render(rows)
+                values.update({f"{tag}/{key}{ragged}": value for key, value in summary.items()})
+            xlabel = "inputs before each sequence's end" if ragged else "input position ℓ"
+            heatmap = self.heatmaps.setdefault(prefix + ragged, NormHeatmap(self.decades, xlabel, "", "‖∂h_T/∂x_ℓ‖"))
+            images[f"sensitivity/{prefix}heatmap{ragged}"] = heatmap.render(rows)
         return Measurement(values, images)

@@ -14,11 +14,14 @@ measure and where to write, :mod:`seqmem.plots` draws, :mod:`seqmem.diagnose` se
 - :func:`probe_mode`, the state a model is measured in.
 
 The measures over a batch reduce over its rows in one place each (the batch mean of a norm, the RMS over samples),
-so that per-sequence lengths of a ragged batch can enter there.
+and there the per-sequence lengths of a ragged batch (a ``PackedSequence``) enter: :func:`from_end` lines the
+sequences up by lag from each one's own end, :func:`from_end_norms` and :func:`from_end_rms` reduce over the
+sequences that reach each lag. The Lyapunov exponents are not measured on a ragged batch
+(:class:`~seqmem.errors.RaggedBatchError`).
 """
 
 from seqmem.measures.clipping import entries_over, post_clip_norm
-from seqmem.measures.curves import curve_summary, gradient_horizon
+from seqmem.measures.curves import curve_summary, from_end, gradient_horizon
 from seqmem.measures.lyapunov import (
     initial_frame,
     jacobian_sigma_max,
@@ -31,13 +34,16 @@ from seqmem.measures.lyapunov import (
 )
 from seqmem.measures.mode import probe_mode
 from seqmem.measures.norms import gradient_norms, norm_dtype, params_with_grad, total_norm
-from seqmem.measures.sensitivity import input_sensitivity, sensitivity_norms
+from seqmem.measures.sensitivity import from_end_rms, input_sensitivity, sensitivity_norms
 from seqmem.measures.spectral import orthogonality_error, spectral_summary
-from seqmem.measures.timesteps import hidden_grad_norms, timestep_grad_norms
+from seqmem.measures.timesteps import from_end_norms, hidden_grad_norms, timestep_grad_norms
 
 __all__ = [
     "curve_summary",
     "entries_over",
+    "from_end",
+    "from_end_norms",
+    "from_end_rms",
     "gradient_horizon",
     "gradient_norms",
     "hidden_grad_norms",

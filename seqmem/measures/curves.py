@@ -1,12 +1,37 @@
 """Curves over time summarised by their decay with the lag: the final value, ratios at chosen lags, the horizon.
 
 The per-timestep gradients and the input sensitivity are both such curves, (T,) norms whose last entry is lag 0.
+In a ragged batch (a ``PackedSequence``) lags are counted from each sequence's own end (:func:`from_end`).
 """
 
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+
+def from_end(values: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-step values of sequences of different lengths lined up by their lag from each sequence's own end.
+
+    Args:
+        values: (B, T) a value per sequence and step, in the order the sequence was stepped; the steps past a
+            sequence's length are ignored.
+        lengths: (B,) each sequence's number of steps (1 ≤ length ≤ T).
+
+    Returns:
+        (B, T) values with position T−1−k holding lag k of each sequence (its step lengths[b]−1−k), 0 where the
+        sequence is shorter than k + 1; and (T,) how many sequences reach each position.
+
+    Example:
+        >>> aligned, reach = from_end(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]]), torch.tensor([3, 2]))
+        >>> aligned.tolist(), reach.tolist()
+        ([[1.0, 2.0, 3.0], [0.0, 4.0, 5.0]], [1, 2, 2])
+    """
+    length = values.shape[1]
+    source = lengths[:, None] - length + torch.arange(length, device=values.device)  # (B, T) step at each position
+    reached = source >= 0  # (B, T)
+    aligned = values.gather(1, source.clamp_min(0))  # (B, T)
+    return torch.where(reached, aligned, 0), reached.sum(dim=0)
 
 
 def gradient_horizon(norms: Tensor, threshold: float = 1e-3) -> Tensor:

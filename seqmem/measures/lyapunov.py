@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from seqmem.errors import RaggedBatchError
 from seqmem.models import RecurrentNet
 from seqmem.models.steps import LayerTrajectory
 from seqmem.views import ModuleView
@@ -220,9 +221,18 @@ def model_spectra(view: ModuleView, batch: Any, k: int = 8, power_iterations: in
 
     Returns:
         {tag prefix: (exponents (L, k), σ_max (L, T, B))}; layers and steps in each layer's own order.
+
+    Raises:
+        RaggedBatchError: a recurrence stepped a ragged batch (see the message).
     """
     with torch.no_grad():
         _, runs = view.runs(batch, need_loss=False)
+    for prefix in view.ragged:
+        raise RaggedBatchError(
+            f"the Lyapunov exponents of {prefix.rstrip('/') or 'the model'} are not measured on a ragged batch "
+            "(a PackedSequence of sequences of different lengths): finite-time exponents over different lengths "
+            "are averages over different horizons, not one spectrum; probe a batch of equal lengths"
+        )
     return {
         prefix: trajectory_spectrum([layer.detached() for layer in layers], k, power_iterations, seed)
         for prefix, (layers, _) in runs.items()

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seqmem.measures.curves import from_end
 from seqmem.views import ModuleView, SequenceModelView
+from seqmem.views.torch_rnn import reversed_in_time
 
 
 def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int = 0) -> dict[str, Tensor]:
@@ -32,7 +34,8 @@ def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int 
 
     Returns:
         {tag prefix: (D, T) estimates}, one row per direction; a reverse direction's positions run in its own
-        order (its final state, at position 0, is the last entry).
+        order (its final state, at position 0, is the last entry). For a ragged batch (a ``PackedSequence``) the
+        positions are lined up by lag from each sequence's own end, position T−1−k at lag k (:func:`from_end_rms`).
     """
     _, runs = view.runs(batch, leaf_inputs=True, need_loss=False)
     curves = {}
@@ -49,6 +52,10 @@ def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int 
             grads = torch.autograd.grad(
                 h_final, inputs, grad_outputs=v, is_grads_batched=True, allow_unused=True, retain_graph=not last
             )
+            lengths = layers[index].lengths
+            if lengths is not None:  # one call of a module on a ragged batch
+                rows.append(from_end_rms(grads[0], lengths, reverse=index != top[0]))
+                continue
             squares = [
                 torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device).reshape(-1)  # never reached: 0
                 if g is None
@@ -56,10 +63,28 @@ def sensitivity_norms(view: ModuleView, batch: Any, projections: int, seed: int 
                 for g, x in zip(grads, inputs, strict=True)
             ]
             rows.append(torch.cat(squares).sqrt())  # (T,)
-        if len(rows) > 1:
+        if len(rows) > 1 and layers[top[1]].lengths is None:
             rows[1] = rows[1].flip(0)  # the reverse direction in its own order: its final state's position last
         curves[prefix] = torch.stack(rows)  # (D, T)
     return curves
+
+
+def from_end_rms(grads: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
+    """The estimate of a ragged batch at each lag from the sequences' own ends: at lag k the root-mean-square over
+    projections and over the sequences that reach lag k.
+
+    Args:
+        grads: (P, B, T, I) vᵀ ∂h_T/∂x_ℓ, positions ℓ in the sequence's order.
+        lengths: (B,) each sequence's length.
+        reverse: the final state is a reverse direction's, whose end is position 0.
+
+    Returns:
+        (T,) estimates, the last entry at lag 0.
+    """
+    squares = grads.square().sum(dim=-1).mean(dim=0)  # (B, T)
+    squares = reversed_in_time(squares[..., None], lengths)[..., 0] if reverse else squares  # in stepping order
+    aligned, reach = from_end(squares, lengths)  # (B, T), (T,)
+    return (aligned.sum(dim=0) / reach).sqrt()  # (T,)
 
 
 def input_sensitivity(model: Any, x: Tensor, projections: int, seed: int = 0) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from seqmem.measures.curves import from_end
 from seqmem.views import ModuleView, ProbeLoss, SequenceModelView
 
 
@@ -28,7 +29,8 @@ def hidden_grad_norms(view: ModuleView, batch: Any, loss: Optional[ProbeLoss] = 
 
     Returns:
         {tag prefix: (L, T) norms}, layers in the recurrence's order (``layer_names``), steps in each layer's own
-        order; a recurrence the loss never ran is left out.
+        order — for a ragged batch (a ``PackedSequence``) lined up by lag from each sequence's own end, position
+        T−1−k at lag k (:func:`from_end_norms`); a recurrence the loss never ran is left out.
     """
     value, runs = view.runs(batch, loss)
     hiddens = {prefix: [layer.hiddens for layer in layers] for prefix, (layers, _) in runs.items()}
@@ -41,8 +43,28 @@ def hidden_grad_norms(view: ModuleView, batch: Any, loss: Optional[ProbeLoss] = 
     for prefix, layers in hiddens.items():
         count = sum(len(hs) for hs in layers)
         curves[prefix] = norms[start : start + count].view(len(layers), -1)  # (L, T)
+        lengths = runs[prefix][0][0].lengths
+        if lengths is not None:
+            layer_grads = torch.stack(grads[start : start + count]).view(len(layers), -1, *grads[start].shape)
+            curves[prefix] = torch.stack([from_end_norms(g, lengths) for g in layer_grads])  # (L, T)
         start += count
     return curves
+
+
+def from_end_norms(grads: Tensor, lengths: Tensor) -> Tensor:
+    """‖dL/dh‖ at each lag from the sequences' own ends of a ragged batch: at lag k, the norm over batch and hidden
+    units of the sequences that reach lag k, scaled to the whole batch, √(B/n_k · Σ_{b reaching k} ‖dL/dh_b‖²) —
+    the plain norm over the batch when every sequence has the same length.
+
+    Args:
+        grads: (T, B, H) dL/dh_t of one layer, in its own step order.
+        lengths: (B,) each sequence's number of steps.
+
+    Returns:
+        (T,) norms, the last entry at lag 0.
+    """
+    squares, reach = from_end(grads.square().sum(dim=-1).T, lengths)  # (B, T), (T,)
+    return (squares.sum(dim=0) * grads.shape[1] / reach).sqrt()  # (T,)
 
 
 def timestep_grad_norms(model: Any, x: Tensor, y: Tensor, loss: ProbeLoss = "last") -> Tensor:

@@ -8,11 +8,13 @@ a user's ``nn.LSTM`` and seqmem's LSTM are differentiated through one implementa
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from seqmem.errors import ConfigError
 
 #: (weights, x_proj (B, gates·H), state) -> new state, each a tuple of (B, ·) tensors.
 StepFn = Callable[[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -64,12 +66,16 @@ class LayerTrajectory(NamedTuple):
             reverse direction's run from its first step, the sequence's last position).
         states: s_0 … s_T, each a tuple of (B, ·) tensors (h, or h and c): the state each step started from,
             then the final one.
+        lengths: (B,) each sequence's own number of steps in a ragged batch (a ``PackedSequence``): past it a
+            sequence's state stays as it ended, so s_T is every sequence's own final state; None: every sequence
+            runs all T steps.
     """
 
     step: StepFn
     weights: tuple[Tensor, ...]
     x_proj: Tensor
     states: list[tuple[Tensor, ...]]
+    lengths: Optional[Tensor] = None
 
     @property
     def hiddens(self) -> list[Tensor]:
@@ -83,17 +89,29 @@ class LayerTrajectory(NamedTuple):
             tuple(None if w is None else w.detach() for w in self.weights),
             self.x_proj.detach(),
             [tuple(part.detach() for part in s) for s in self.states],
+            self.lengths,
         )
 
 
-def run_steps(step: StepFn, weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, ...]) -> LayerTrajectory:
-    """Run one layer step by step from ``state`` over ``x_proj`` (B, T, gates·H)."""
+def run_steps(
+    step: StepFn,
+    weights: tuple[Tensor, ...],
+    x_proj: Tensor,
+    state: tuple[Tensor, ...],
+    lengths: Optional[Tensor] = None,
+) -> LayerTrajectory:
+    """Run one layer step by step from ``state`` over ``x_proj`` (B, T, gates·H); with ``lengths`` (B,), a sequence
+    whose steps are over keeps its state (the steps past its end are computed and discarded)."""
     states = [state]
     # unbind, not x_proj[:, t]: the backward of T selects would write T full-size zero gradients
     # (O(T²) memory traffic); unbind's backward is one stack.
-    for x_t in x_proj.unbind(1):  # (B, gates*H)
-        states.append(step(weights, x_t, states[-1]))
-    return LayerTrajectory(step, weights, x_proj, states)
+    for t, x_t in enumerate(x_proj.unbind(1)):  # (B, gates*H)
+        new = step(weights, x_t, states[-1])
+        if lengths is not None:
+            running = (t < lengths)[:, None]  # (B, 1)
+            new = tuple(torch.where(running, part, old) for part, old in zip(new, states[-1], strict=True))
+        states.append(new)
+    return LayerTrajectory(step, weights, x_proj, states, lengths)
 
 
 def join_calls(calls: list[LayerTrajectory]) -> LayerTrajectory:
@@ -104,6 +122,11 @@ def join_calls(calls: list[LayerTrajectory]) -> LayerTrajectory:
     """
     if len(calls) == 1:
         return calls[0]
+    if any(call.lengths is not None for call in calls):
+        raise ConfigError(
+            "the per-timestep diagnostics measure a PackedSequence in one call of its layer, and this layer was "
+            f"called {len(calls)} times on the probe batch: pack each probe batch into one call"
+        )
     x_proj = torch.cat([call.x_proj for call in calls], dim=1)  # (B, ΣT, gates*H)
     states = [s for call in calls for s in call.states[:-1]] + [calls[-1].states[-1]]
     return LayerTrajectory(calls[0].step, calls[0].weights, x_proj, states)

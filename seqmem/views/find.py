@@ -10,8 +10,9 @@ from seqmem.views.torch_cell import TorchCell
 from seqmem.views.torch_rnn import TorchRNN
 
 SUPPORTED = (
-    "nn.RNN, nn.GRU, nn.LSTM (batch_first or not, stacked, bidirectional, proj_size), nn.RNNCell, nn.GRUCell, "
-    "nn.LSTMCell (called step by step), and seqmem cells (subclasses of seqmem.models.RecurrentNet)"
+    "nn.RNN, nn.GRU, nn.LSTM (batch_first or not, stacked, bidirectional, proj_size, PackedSequence inputs), "
+    "nn.RNNCell, nn.GRUCell, nn.LSTMCell (called step by step), and seqmem cells (subclasses of "
+    "seqmem.models.RecurrentNet)"
 )
 
 

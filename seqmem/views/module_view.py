@@ -81,6 +81,10 @@ class ModuleView:
             else the LightningModule's training_step loss.
     """
 
+    #: The tag prefixes of the recurrences that stepped a ragged batch (a PackedSequence of sequences of different
+    #: lengths) in the latest :meth:`runs`: their curves are lined up by lag from each sequence's own end.
+    ragged: frozenset[str] = frozenset()
+
     def __init__(self, module: nn.Module, loss_fn: Optional[LossFn] = None):
         self.module = module
         self.loss_fn = loss_fn
@@ -200,6 +204,7 @@ class ModuleView:
             if seen:
                 layers = [join_calls([runs[i] for runs, _ in seen]) for i in range(len(seen[0][0]))]
                 joined[prefix] = (layers, [x for _, x in seen])
+        self.ragged = frozenset(prefix for prefix, (layers, _) in joined.items() if layers[0].lengths is not None)
         return loss, joined
 
 

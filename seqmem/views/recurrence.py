@@ -74,8 +74,8 @@ def stepped_forward(
     layer_runs: Callable[[Tensor, Any], tuple[Tensor, Any, list[LayerTrajectory]]],
     record: Recorder,
     leaf_inputs: bool,
-    to_batch_first: Callable[[Any], Tensor] = lambda x: x,
-    from_batch_first: Callable[[Tensor], Tensor] = lambda x: x,
+    to_batch_first: Callable[[Any], tuple[Tensor, Optional[Tensor]]] = lambda x: (x, None),
+    from_batch_first: Callable[[Tensor, Any], Any] = lambda outputs, input: outputs,
 ) -> Iterator[None]:
     """Replace ``module.forward`` by its step-by-step twin ``layer_runs`` for the duration.
 
@@ -85,21 +85,23 @@ def stepped_forward(
 
     Args:
         module: the module to step.
-        layer_runs: (batch-first input, state or None) -> (batch-first outputs, final state, runs).
+        layer_runs: (batch-first input, state or None[, lengths]) -> (batch-first outputs, final state, runs);
+            it is given the lengths only for a ragged input.
         record: receives every call's runs and stepped input.
         leaf_inputs: see :meth:`Recurrence.intercept`.
-        to_batch_first: the module's input layout to (B, T, I); may refuse an input it cannot step.
-        from_batch_first: (B, T, ·) outputs back to the module's layout.
+        to_batch_first: the module's input to (B, T, I) and each sequence's length (B,) for a ragged input, else
+            None; may refuse an input it cannot step.
+        from_batch_first: ((B, T, ·) outputs, the module's input) -> outputs in the module's layout.
     """
 
-    def forward(input: Any, state: Optional[Any] = None, **kwargs: Any) -> tuple[Tensor, Any]:
+    def forward(input: Any, state: Optional[Any] = None, **kwargs: Any) -> tuple[Any, Any]:
         state = state if state is not None else next(iter(kwargs.values()), None)  # hx= or state= by name
-        x = to_batch_first(input)  # (B, T, I)
+        x, lengths = to_batch_first(input)  # (B, T, I), (B,) or None
         if leaf_inputs:
             x = x.detach().requires_grad_()
-        outputs, final, runs = layer_runs(x, state)
+        outputs, final, runs = layer_runs(x, state) if lengths is None else layer_runs(x, state, lengths)
         record(runs, x)
-        return from_batch_first(outputs), final
+        return from_batch_first(outputs, input), final
 
     shadowed = vars(module).get("forward")
     module.forward = forward

@@ -3,8 +3,10 @@
 The step-by-step twin reproduces the module's forward exactly — ``batch_first`` either way, stacked layers with
 dropout between them, ``bidirectional`` (the reverse direction runs from the last position back), LSTM
 ``proj_size``, ``nonlinearity="relu"``, ``bias=False``, a given initial state — through the update functions of
-:mod:`seqmem.models.steps`, so every h_t is a tensor the rest of the model consumes. A ``PackedSequence`` (steps
-that differ per sequence) or an unbatched input is refused in one line.
+:mod:`seqmem.models.steps`, so every h_t is a tensor the rest of the model consumes. A ``PackedSequence`` is stepped
+on its padded batch with each sequence's length: a sequence's state stays as it ended once its steps are over,
+so the output (packed as the input was) and h_n/c_n are exactly what the module returns. An unbatched input is
+refused in one line.
 """
 
 from functools import partial
@@ -13,7 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seqmem.errors import ConfigError
 from seqmem.models import state_from_parts, state_parts
@@ -23,6 +25,16 @@ from seqmem.views.recurrence import Recorder, Recurrence, stepped_forward
 #: torch's parameter names -> the roles the diagnostics' tags use.
 ROLES = {"weight_ih": "W_in", "weight_hh": "W_h", "bias_ih": "b_in", "bias_hh": "b_h", "weight_hr": "W_hr"}
 GATES = {"GRU": ("r", "z", "n"), "LSTM": ("i", "f", "g", "o")}
+
+
+def reversed_in_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """x (B, T, ·) with each sequence's first ``lengths[b]`` positions in reverse order (all T without lengths),
+    the positions past a sequence's end left where they are; applied twice, the identity."""
+    if lengths is None:
+        return x.flip(1)
+    positions = torch.arange(x.shape[1], device=x.device)  # (T,)
+    source = torch.where(positions < lengths[:, None], lengths[:, None] - 1 - positions, positions)  # (B, T)
+    return x.gather(1, source[:, :, None].expand_as(x))  # (B, T, ·)
 
 
 class TorchLayers(Recurrence):
@@ -107,31 +119,43 @@ class TorchRNN(TorchLayers):
         self.directions = directions
         self.state_size = 2 if mode == "LSTM" else 1
 
-    def to_batch_first(self, input: Any) -> Tensor:
-        """The module's input as (B, T, I); a PackedSequence or an unbatched input is refused."""
+    def to_batch_first(self, input: Any) -> tuple[Tensor, Optional[Tensor]]:
+        """The module's input as (B, T, I), and for a PackedSequence each sequence's length (B,), in the batch's
+        own order; an unbatched input is refused. A PackedSequence whose sequences all have the same length is
+        stepped as the padded batch it is (no lengths)."""
         if isinstance(input, PackedSequence):
-            raise ConfigError(
-                f"the per-timestep diagnostics step {self.kind()} on padded batches only, and it was given a "
-                "PackedSequence (its sequences end at different steps): pad the probe batch to one length, or "
-                "leave TimestepGradients, InputSensitivity and JacobianSpectrum out"
-            )
+            x, lengths = pad_packed_sequence(input, batch_first=True)  # (B, T, I), (B,) on the CPU
+            ragged = bool((lengths != x.shape[1]).any())
+            return x, lengths.to(x.device) if ragged else None
         if input.dim() != 3:
             raise ConfigError(
                 f"the per-timestep diagnostics step {self.kind()} on batched inputs only ((B, T, I) or (T, B, I)); "
                 f"it was given a tensor of shape {tuple(input.shape)}"
             )
-        return input if self.module.batch_first else input.transpose(0, 1)
+        return input if self.module.batch_first else input.transpose(0, 1), None
 
-    def from_batch_first(self, output: Tensor) -> Tensor:
+    def from_batch_first(self, output: Tensor, input: Any) -> Any:
+        """(B, T, D·H_out) outputs as the module returns them for ``input``: packed as it was, or in its layout."""
+        if isinstance(input, PackedSequence):
+            lengths = (input.batch_sizes[None, :] > torch.arange(output.shape[0])[:, None]).sum(dim=1)  # (B,) sorted
+            order = input.sorted_indices  # rows of the packed data by decreasing length
+            sorted_output = output if order is None else output.index_select(0, order)
+            packed = pack_padded_sequence(sorted_output, lengths, batch_first=True)
+            return PackedSequence(packed.data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         return output if self.module.batch_first else output.transpose(0, 1)
 
-    def layer_runs(self, x: Tensor, state: Optional[Any] = None) -> tuple[Tensor, Any, list[LayerTrajectory]]:
+    def layer_runs(
+        self, x: Tensor, state: Optional[Any] = None, lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, Any, list[LayerTrajectory]]:
         """nn.RNN's forward, step by step: x (B, T, I) -> outputs (B, T, D·H_out), final state, every layer's run.
 
         Args:
             x: batch-first inputs.
             state: the initial state in torch's format ((L·D, B, H_out), with c (L·D, B, H) for the LSTM), or
                 None for zeros.
+            lengths: (B,) each sequence's length in a ragged batch: a sequence's state stays as it ended past its
+                length (the outputs there are not the module's), and a reverse direction starts at each
+                sequence's own last position; None: all T steps.
         """
         module, batch = self.module, x.shape[0]
         if state is None:
@@ -146,11 +170,11 @@ class TorchRNN(TorchLayers):
                 index = layer * self.directions + reverse
                 weights = self.layer_weights(index)
                 x_proj = F.linear(layer_input, weights[0], weights[2])  # (B, T, gates*H)
-                x_proj = x_proj.flip(1) if reverse else x_proj  # in the order the direction consumes it
-                run = run_steps(self.step, weights, x_proj, tuple(p[index] for p in parts))
+                x_proj = reversed_in_time(x_proj, lengths) if reverse else x_proj  # in the order it is consumed
+                run = run_steps(self.step, weights, x_proj, tuple(p[index] for p in parts), lengths)
                 runs.append(run)
                 out = torch.stack(run.hiddens, dim=1)  # (B, T, H_out) in the direction's own order
-                outputs.append(out.flip(1) if reverse else out)  # in the sequence's order
+                outputs.append(reversed_in_time(out, lengths) if reverse else out)  # in the sequence's order
             layer_output = torch.cat(outputs, dim=-1)  # (B, T, D*H_out)
             last = layer == module.num_layers - 1
             layer_input = layer_output if last else F.dropout(layer_output, module.dropout, module.training)
