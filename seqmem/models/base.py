@@ -99,6 +99,11 @@ class RecurrentNet(nn.Module):
         return []
 
     # ---- shared machinery ---------------------------------------------------------------------
+    @property
+    def state_width(self) -> int:
+        """Features of each tensor of one layer's state, the last size of the torch-format state: H by default."""
+        return self.hidden_size
+
     def layer_names(self) -> list[str]:
         """The layers as the diagnostics' tags name them: layer0, layer1, ..."""
         return [f"layer{layer}" for layer in range(self.num_layers)]
@@ -156,7 +161,7 @@ class RecurrentNet(nn.Module):
     def _unpack(self, state: Optional[State], batch_size: int, like: Tensor) -> list[tuple[Tensor, ...]]:
         """Torch-format state -> one tuple of (B, H) tensors per layer."""
         if state is None:
-            zeros = like.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
+            zeros = like.new_zeros(self.num_layers, batch_size, self.state_width)  # (L, B, H)
             state = zeros if self.state_size == 1 else (zeros, zeros)
         parts = state_parts(state)
         return [tuple(p[layer] for p in parts) for layer in range(self.num_layers)]
