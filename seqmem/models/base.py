@@ -27,7 +27,7 @@ from seqmem.models.steps import LayerTrajectory, run_steps
 class RecurrentNet(nn.Module):
     """Base class: a multi-layer recurrent network over batch-first sequences.
 
-    This is the cell protocol: the five seqmem cells implement it, and so does a cell of one's own. A subclass
+    This is the cell protocol: the six seqmem cells implement it, and so does a cell of one's own. A subclass
     implements :meth:`layer_weights`, :meth:`step` and :meth:`layer_parameters` (and sets :attr:`gate_names` and
     :attr:`state_size`); it may override :meth:`forward` with a fused kernel (the default runs the step path),
     :meth:`project_input`, :meth:`derived_gradients` and :meth:`orthogonal_parameters`. Its constructor takes
