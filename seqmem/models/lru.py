@@ -2,8 +2,8 @@
 
 One layer: z_t = LayerNorm(u_t), x_t = λ ⊙ x_{t−1} + γ ⊙ (B z_t), y_t = Re(C x_t) + D ⊙ z_t, then
 u_t ← u_t + dropout(GLU(dropout(GELU(y_t)))) with GLU(v) = W₁v ⊙ σ(W₂v); an input encoder maps the features to the
-model width first. λ = exp(−exp(ν) + i·exp(θ)) keeps |λ| = exp(−exp(ν)) < 1 for every ν, and
-γ = sqrt(1 − |λ|²) keeps the state's variance that of the input under white noise, whatever |λ|.
+model width first. λ = exp(−exp(ν) + i·exp(θ)) keeps abs(λ) = exp(−exp(ν)) < 1 for every ν, and
+γ = sqrt(1 − abs(λ)²) keeps the state's variance that of the input under white noise, whatever abs(λ).
 
 The recurrence's step Jacobian is diag(λ), the same at every step: the gradient through time is a product of
 known eigenvalues, λ_i^k at lag k. Every complex number is kept as a real pair (re, im): the parameters are real
@@ -83,10 +83,10 @@ class LRULayer(nn.Module):
     Args:
         width: H, the model width (the block's input and output).
         units: N, complex units of the recurrence.
-        r_min: smallest initial |λ|.
-        r_max: largest initial |λ|.
+        r_min: smallest initial abs(λ).
+        r_max: largest initial abs(λ).
         max_phase: initial phases arg λ are drawn in [0, max_phase].
-        input_normalization: scale B's output by γ = sqrt(1 − |λ|²) (learned, as log γ); off: γ = 1.
+        input_normalization: scale B's output by γ = sqrt(1 − abs(λ)²) (learned, as log γ); off: γ = 1.
         dropout: dropout after the GELU and after the GLU.
     """
 
@@ -96,7 +96,7 @@ class LRULayer(nn.Module):
     ):  # fmt: skip
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        # |λ|² uniform on the ring [r_min², r_max²]: |λ| distributed by area.
+        # abs(λ)² uniform on the ring [r_min², r_max²]: abs(λ) distributed by area.
         u = torch.rand(units)
         self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(u * (r_max**2 - r_min**2) + r_min**2)))
         self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(units)))
@@ -152,11 +152,11 @@ class LRU(RecurrentNet):
         num_layers: stacked blocks.
         dropout: dropout inside every block, after the GELU and after the GLU.
         complex_units: N, complex units of each layer's recurrence (its state is 2N real numbers); None: H.
-        r_min: smallest initial |λ|: |λ|² is drawn uniform in [r_min², r_max²] (uniform on the ring by area).
-        r_max: largest initial |λ| (at most 1; |λ| < 1 holds for every value of the parameters).
+        r_min: smallest initial abs(λ): abs(λ)² is drawn uniform in [r_min², r_max²] (uniform on the ring by area).
+        r_max: largest initial abs(λ) (at most 1; abs(λ) < 1 holds for every value of the parameters).
         max_phase: the initial phase arg λ is drawn uniform in [0, max_phase].
-        input_normalization: scale the input B z_t by γ = sqrt(1 − |λ|²), learned (as log γ) from that init, so
-            that a unit with |λ| near 1 does not accumulate a state of variance 1/(1 − |λ|²); off: γ = 1.
+        input_normalization: scale the input B z_t by γ = sqrt(1 − abs(λ)²), learned (as log γ) from that init, so
+            that a unit with abs(λ) near 1 does not accumulate a state of variance 1/(1 − abs(λ)²); off: γ = 1.
 
     Example:
         >>> net = LRU(2, 8, complex_units=4)
@@ -248,7 +248,7 @@ class LRU(RecurrentNet):
 
     def recurrent_matrices(self) -> dict[str, Tensor]:
         """The real step Jacobian of every layer: block-diagonal (2N, 2N), one [[a, −b], [b, a]] per λ = a + ib, whose
-        eigenvalues are the λ_i and their conjugates (spectral radius max|λ|) and singular values the |λ_i|."""
+        eigenvalues are the λ_i and their conjugates (spectral radius max abs(λ)) and singular values the abs(λ_i)."""
         matrices = {}
         for layer in range(self.num_layers):
             lam_re, lam_im = self.layer_weights(layer)  # (N,) each
