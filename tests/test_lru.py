@@ -111,7 +111,7 @@ def test_bad_options_are_one_line_errors_naming_the_option(options: dict, messag
 # ---- the scan against the recurrence ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [1, 2, 7, 64, 300])
+@pytest.mark.parametrize("length", [1, 2, 7, 8, 9, 64, 300])  # within one chunk of 8, at and past its edge, many
 def test_diagonal_scan_equals_the_complex_recurrence(length: int) -> None:
     lam = 0.99 * torch.exp(1j * randn(8, seed=0))  # (N,)
     p = torch.complex(randn(3, length, 8, seed=1), randn(3, length, 8, seed=2))  # (B, T, N)

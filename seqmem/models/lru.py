@@ -11,8 +11,8 @@ tensors (optimizers, DDP, checkpoints and the gradient norms treat them as any o
 carries is (B, 2N) with the pairs interleaved, (re₀, im₀, re₁, im₁, ...), so that each complex unit is a 2×2
 rotation-scaling block [[a, −b], [b, a]] of the real step Jacobian, a + ib = λ_i.
 
-Training runs the recurrence as a parallel scan (:func:`diagonal_scan`: ⌈log₂ T⌉ passes over the whole sequence),
-the diagnostics as a step path (:func:`lru_step`); a test keeps the two equal.
+Training runs the recurrence as a chunked parallel scan (:func:`diagonal_scan`), the diagnostics as a step path
+(:func:`lru_step`); a test keeps the two equal.
 """
 
 import math
@@ -48,13 +48,39 @@ def lru_step(weights: tuple[Tensor, ...], x_proj: Tensor, state: tuple[Tensor, .
     return (complex_pairs(lam_re * re - lam_im * im + p_re, lam_re * im + lam_im * re + p_im),)  # (B, 2N)
 
 
-def diagonal_scan(lam_re: Tensor, lam_im: Tensor, p_re: Tensor, p_im: Tensor) -> tuple[Tensor, Tensor]:
-    """Every x_t = λ ⊙ x_{t−1} + p_t from x_0 = 0, as a parallel prefix scan (Hillis–Steele): no loop over time.
+#: Positions per chunk of :func:`diagonal_scan`: log₂ C passes within chunks, then a scan over T / C chunk ends. 8 was
+#: the fastest of 8, 16, 32 and 64 at T = 100 and 1000 on CPU (float32, N = 64).
+CHUNK = 8
 
-    After the pass with offset d, position t holds Σ_{s=t−2d+1..t} λ^{t−s} p_s; doubling d each pass reaches the
-    whole prefix in ⌈log₂ T⌉ passes, each a few elementwise operations over all positions. (A chunked form, a
-    matmul with the C × C powers of λ within chunks, ran 5× slower on CPU: batched small matmuls and their
-    transposes.)
+
+def prefix_scan(a: Tensor, p: Tensor) -> Tensor:
+    """Every x_t = a ⊙ x_{t−1} + p_t from x_0 = 0 along dim −2, as a parallel prefix scan (Hillis–Steele).
+
+    After the pass with offset d, position t holds Σ_{s=t−2d+1..t} a^{t−s} p_s; doubling d each pass reaches the
+    whole prefix in ⌈log₂ T⌉ passes, each one elementwise update of all positions.
+
+    Args:
+        a: (N,) complex.
+        p: (…, T, N) complex inputs p_t.
+
+    Returns:
+        (…, T, N) the states x_1 … x_T.
+    """
+    offset, length = 1, p.shape[-2]
+    while offset < length:
+        p = p + a * F.pad(p[..., :-offset, :], (0, 0, offset, 0))  # position t reads t − d; the first d read zeros
+        a = a * a  # a^{2d}
+        offset *= 2
+    return p
+
+
+def diagonal_scan(lam_re: Tensor, lam_im: Tensor, p_re: Tensor, p_im: Tensor) -> tuple[Tensor, Tensor]:
+    """Every x_t = λ ⊙ x_{t−1} + p_t from x_0 = 0, as a chunked parallel scan: no loop over time.
+
+    The sequence is cut into chunks of :data:`CHUNK` positions, scanned all at once (:func:`prefix_scan`); the
+    chunks' last states are scanned across chunks with λ^C, and each position adds λ^{j+1} times the state its chunk
+    started from (j its place in the chunk). That is log₂ C + log₂(T / C) passes, most of them over T / C positions
+    only, rather than log₂ T over all T. Complex numbers live only in here: what comes in and goes out is real.
 
     Args:
         lam_re: (N,) real parts of λ.
@@ -65,16 +91,17 @@ def diagonal_scan(lam_re: Tensor, lam_im: Tensor, p_re: Tensor, p_im: Tensor) ->
     Returns:
         real and imaginary parts of x_1 … x_T, (B, T, N) each.
     """
-    a_re, a_im = lam_re, lam_im  # λ^d
-    offset, length = 1, p_re.shape[1]
-    while offset < length:
-        # Position t reads position t − d; the first d positions read zeros.
-        old_re = F.pad(p_re[:, :-offset], (0, 0, offset, 0))  # (B, T, N)
-        old_im = F.pad(p_im[:, :-offset], (0, 0, offset, 0))  # (B, T, N)
-        p_re, p_im = p_re + a_re * old_re - a_im * old_im, p_im + a_re * old_im + a_im * old_re  # (B, T, N) each
-        a_re, a_im = a_re * a_re - a_im * a_im, 2 * a_re * a_im  # λ^{2d}
-        offset *= 2
-    return p_re, p_im
+    batch, length, units = p_re.shape
+    size = min(CHUNK, length)
+    lam = torch.complex(lam_re, lam_im)  # (N,)
+    p = torch.complex(p_re.to(lam_re.dtype), p_im.to(lam_re.dtype))  # (B, T, N); autocast may hand half precision
+    p = F.pad(p, (0, 0, 0, -length % size)).view(batch, -1, size, units)  # (B, T/C, C, N), zeros after the end
+    within = prefix_scan(lam, p)  # (B, T/C, C, N) each chunk from a zero state
+    ends = prefix_scan(lam**size, within[:, :, -1])  # (B, T/C, N) the state at each chunk's end
+    starts = F.pad(ends[:, :-1], (0, 0, 1, 0))  # (B, T/C, N) the state before each chunk: zero before the first
+    powers = lam ** torch.arange(1, size + 1, device=lam.device, dtype=lam_re.dtype)[:, None]  # (C, N) λ^{j+1}
+    x = (within + powers * starts[:, :, None]).flatten(1, 2)[:, :length]  # (B, T, N)
+    return x.real, x.imag
 
 
 class LRULayer(nn.Module):
