@@ -208,7 +208,7 @@ ERRORS = [
     ),
     (
         lambda: build_model("transformer", I, 4),
-        "model.cell must be one of vanilla, orthogonal, irnn, gru, lstm, or the import path of a RecurrentNet "
+        "model.cell must be one of vanilla, orthogonal, irnn, gru, lstm, lru, or the import path of a RecurrentNet "
         "subclass (package.module.Class); got 'transformer'",
     ),
 ]
