@@ -139,6 +139,30 @@ def test_scan_and_step_paths_equal_the_complex_reference_with_gradients() -> Non
         torch.testing.assert_close(scan, step, rtol=1e-10, atol=1e-12)
 
 
+def test_dropout_draws_the_same_masks_on_both_paths_and_none_in_eval() -> None:
+    net = lru_net(dropout=0.5).train()
+    x = randn(2, 9, 3, seed=1)
+    draws = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        scan = net(x)[0]
+        torch.manual_seed(seed)
+        torch.testing.assert_close(net.forward_steps(x)[0], scan, rtol=1e-12, atol=1e-12)
+        draws.append(scan)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    net.eval()
+    torch.testing.assert_close(net(x)[0], complex_reference(net, x, torch.zeros(2, 2, 10, dtype=x.dtype))[0])
+
+
+def test_recurrent_matrix_is_the_step_on_real_pairs() -> None:
+    net = lru_net()
+    state = randn(4, 10, seed=1)  # (B, 2N)
+    for layer, matrix in enumerate(net.recurrent_matrices().values()):
+        weights = net.layer_weights(layer)
+        stepped = net.step(weights, torch.zeros_like(state), (state,))[0]  # (B, 2N): λ ⊙ x with no input
+        torch.testing.assert_close(state @ matrix.T, stepped, rtol=1e-12, atol=1e-12)
+
+
 def test_float32_scan_stays_on_the_float64_run_at_a_thousand_steps() -> None:
     net = lru_net(r_min=0.99, r_max=0.999)
     x = randn(2, 1000, 3, seed=1)
