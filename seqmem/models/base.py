@@ -30,7 +30,8 @@ class RecurrentNet(nn.Module):
     This is the cell protocol: the six seqmem cells implement it, and so does a cell of one's own. A subclass
     implements :meth:`layer_weights`, :meth:`step` and :meth:`layer_parameters` (and sets :attr:`gate_names` and
     :attr:`state_size`); it may override :meth:`forward` with a fused kernel (the default runs the step path),
-    :meth:`project_input`, :meth:`derived_gradients` and :meth:`orthogonal_parameters`. Its constructor takes
+    :meth:`project_input`, :meth:`derived_gradients`, :meth:`orthogonal_parameters` and :attr:`state_width` (a state
+    wider than H, as the LRU's). Its constructor takes
     ``(input_size, hidden_size, num_layers, dropout, **options)``; ``--model.cell package.module.Class`` trains it
     through the CLI and ``seqmem sweep``, with every diagnostic.
 
