@@ -7,7 +7,7 @@ The names most programs need are importable from the package itself::
 - models: :class:`~seqmem.module.SequenceModel` (the LightningModule), :data:`~seqmem.models.MODELS`
   (``model.cell`` name -> class), :class:`~seqmem.models.RecurrentNet` (the cell protocol) and the cells
   :class:`~seqmem.models.VanillaRNN`, :class:`~seqmem.models.OrthogonalRNN`, :class:`~seqmem.models.IRNN`,
-  :class:`~seqmem.models.GRU`, :class:`~seqmem.models.LSTM`;
+  :class:`~seqmem.models.GRU`, :class:`~seqmem.models.LSTM`, :class:`~seqmem.models.LRU`;
 - tasks: :class:`~seqmem.tasks.AddingData`, :class:`~seqmem.tasks.CopyData`,
   :class:`~seqmem.tasks.AgreementData`, :class:`~seqmem.tasks.LMData`, their pure generators
   :func:`~seqmem.tasks.adding_problem`, :func:`~seqmem.tasks.copy_memory`, :func:`~seqmem.tasks.agreement_batch`,
@@ -43,6 +43,7 @@ _EXPORTS = {
     "IRNN": "seqmem.models",
     "GRU": "seqmem.models",
     "LSTM": "seqmem.models",
+    "LRU": "seqmem.models",
     "TaskSpec": "seqmem.tasks",
     "AddingData": "seqmem.tasks",
     "CopyData": "seqmem.tasks",

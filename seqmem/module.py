@@ -39,8 +39,9 @@ class SequenceModel(L.LightningModule):
     Args:
         task: sizes, loss and baseline of the task — linked from ``--data`` automatically.
         cell: recurrent family: vanilla (tanh), orthogonal (W_h kept orthogonal), irnn (ReLU, W_h = I),
-            gru, lstm — or the import path of a cell of one's own, ``package.module.Class``: a subclass of
-            seqmem.models.RecurrentNet (the cell protocol), importable (installed, or on PYTHONPATH).
+            gru, lstm, lru (the Linear Recurrent Unit) — or the import path of a cell of one's own,
+            ``package.module.Class``: a subclass of seqmem.models.RecurrentNet (the cell protocol), importable
+            (installed, or on PYTHONPATH).
         hidden_size: units per recurrent layer.
         num_layers: stacked recurrent layers.
         dropout: dropout between recurrent layers.

@@ -58,8 +58,14 @@ def test_the_options_are_those_the_cells_declare():
         "orthogonal_map",
         "irnn_scale",
         "forget_bias",
+        "complex_units",
+        "r_min",
+        "r_max",
+        "max_phase",
+        "input_normalization",
     ]
     assert options["forget_bias"].defaults == {"lstm": 1.0}
+    assert options["r_max"].defaults == {"lru": 0.999} and options["input_normalization"].type is bool
     assert options["forget_bias"].type == Optional[float]
     assert options["activation"].type == Literal["tanh", "modrelu"]
     assert options["orthogonal_map"].defaults == {"orthogonal": "cayley"}

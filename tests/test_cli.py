@@ -20,7 +20,7 @@ from seqmem.cli import main, run_cli
 from seqmem.models import MODELS, OrthogonalRNN, registered_options
 from seqmem.module import SequenceModel
 
-CELLS = ["vanilla", "orthogonal", "irnn", "gru", "lstm"]
+CELLS = ["vanilla", "orthogonal", "irnn", "gru", "lstm", "lru"]
 TASKS = ["adding", "copy", "agreement", "lm"]
 TINY = "--model.hidden_size 8 --model.embedding_size 4 --model.num_layers 1 --model.dropout 0".split()
 # Options whose values in the shipped configs are too big for a smoke run.
@@ -398,7 +398,8 @@ def test_fit_help_shows_every_model_argument_with_its_doc(capsys):
         # argparse re-wraps help lines; compare the first words, whitespace-normalised.
         assert " ".join(docs[name].split()[:6]) in help_text, name
     for name, option in registered_options().items():
-        assert f"--model.{name} {name.upper()} {' '.join(option.help.split()[:8])}" in help_text, name
+        metavar = "{true,false,null}" if option.type is bool else name.upper()  # argparse lists a bool's choices
+        assert f"--model.{name} {metavar} {' '.join(option.help.split()[:8])}" in help_text, name
 
 
 @pytest.mark.parametrize("name", ["agreement", "agreement.yaml"])

@@ -185,7 +185,9 @@ def explicit_reference(net: RecurrentNet, x: Tensor, k: int, seed: int) -> tuple
     return torch.stack(exponents), torch.stack(sigmas)
 
 
-CELLS = [(cell, {}) for cell in sorted(MODELS)] + [("orthogonal", {"activation": "modrelu"})]
+# The explicit reference reads each layer's output off its state; the LRU's (a block around its recurrence) is not,
+# and its exponents have a closed form instead (tests/test_lru.py).
+CELLS = [(cell, {}) for cell in sorted(set(MODELS) - {"lru"})] + [("orthogonal", {"activation": "modrelu"})]
 
 
 @pytest.mark.parametrize(("cell", "options"), CELLS, ids=[c if not o else f"{c}-modrelu" for c, o in CELLS])

@@ -444,7 +444,8 @@ def test_a_diagnostic_writes_to_the_runs_loggers_on_global_rank_zero_only(tmp_pa
     assert written == [(loggers, 3)]
 
 
-@pytest.mark.parametrize("cell", sorted(MODELS))
+# The LRU has no W_h among its weights: its matrix is built from λ, and tests/test_lru.py checks it against its step.
+@pytest.mark.parametrize("cell", sorted(set(MODELS) - {"lru"}))
 def test_recurrent_matrices_split_w_h_into_its_gate_blocks_in_order(cell):
     model = SequenceModel(CopyData(seq_len=4).spec, cell=cell, hidden_size=3, num_layers=2)
     net = model.net

@@ -655,7 +655,7 @@ def test_a_cell_path_that_is_not_a_cell_is_one_line(workdir: Path, capsys) -> No
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert (
-            err.startswith("seqmem: error: model.cell must be one of vanilla, orthogonal, irnn, gru, lstm")
+            err.startswith("seqmem: error: model.cell must be one of vanilla, orthogonal, irnn, gru, lstm, lru")
             and says in err
         )
     assert not (workdir / "lightning_logs").exists()

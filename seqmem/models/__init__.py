@@ -12,6 +12,7 @@ from seqmem.errors import ConfigError, quote, require, shorten
 from seqmem.models.base import RecurrentNet
 from seqmem.models.elman import IRNN, VanillaRNN
 from seqmem.models.gru import GRU
+from seqmem.models.lru import LRU
 from seqmem.models.lstm import LSTM
 from seqmem.models.options import SIZE_ARGUMENTS, CellOption, declared_options, gather_options
 from seqmem.models.orthogonal import Activation, OrthogonalInit, OrthogonalMap, OrthogonalRNN
@@ -25,6 +26,7 @@ MODELS: dict[str, type[RecurrentNet]] = {
     "irnn": IRNN,
     "gru": GRU,
     "lstm": LSTM,
+    "lru": LRU,
 }
 
 # The names of seqmem's cells, read off the table so that a new row is a new choice.
@@ -104,6 +106,7 @@ def build_model(
 __all__ = [
     "GRU",
     "IRNN",
+    "LRU",
     "LSTM",
     "MODELS",
     "Activation",

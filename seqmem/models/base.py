@@ -27,10 +27,11 @@ from seqmem.models.steps import LayerTrajectory, run_steps
 class RecurrentNet(nn.Module):
     """Base class: a multi-layer recurrent network over batch-first sequences.
 
-    This is the cell protocol: the five seqmem cells implement it, and so does a cell of one's own. A subclass
+    This is the cell protocol: the six seqmem cells implement it, and so does a cell of one's own. A subclass
     implements :meth:`layer_weights`, :meth:`step` and :meth:`layer_parameters` (and sets :attr:`gate_names` and
     :attr:`state_size`); it may override :meth:`forward` with a fused kernel (the default runs the step path),
-    :meth:`project_input`, :meth:`derived_gradients` and :meth:`orthogonal_parameters`. Its constructor takes
+    :meth:`project_input`, :meth:`derived_gradients`, :meth:`orthogonal_parameters` and :attr:`state_width` (a state
+    wider than H, as the LRU's). Its constructor takes
     ``(input_size, hidden_size, num_layers, dropout, **options)``; ``--model.cell package.module.Class`` trains it
     through the CLI and ``seqmem sweep``, with every diagnostic.
 
@@ -99,6 +100,11 @@ class RecurrentNet(nn.Module):
         return []
 
     # ---- shared machinery ---------------------------------------------------------------------
+    @property
+    def state_width(self) -> int:
+        """Features of each tensor of one layer's state, the last size of the torch-format state: H by default."""
+        return self.hidden_size
+
     def layer_names(self) -> list[str]:
         """The layers as the diagnostics' tags name them: layer0, layer1, ..."""
         return [f"layer{layer}" for layer in range(self.num_layers)]
@@ -156,7 +162,7 @@ class RecurrentNet(nn.Module):
     def _unpack(self, state: Optional[State], batch_size: int, like: Tensor) -> list[tuple[Tensor, ...]]:
         """Torch-format state -> one tuple of (B, H) tensors per layer."""
         if state is None:
-            zeros = like.new_zeros(self.num_layers, batch_size, self.hidden_size)  # (L, B, H)
+            zeros = like.new_zeros(self.num_layers, batch_size, self.state_width)  # (L, B, H)
             state = zeros if self.state_size == 1 else (zeros, zeros)
         parts = state_parts(state)
         return [tuple(p[layer] for p in parts) for layer in range(self.num_layers)]
