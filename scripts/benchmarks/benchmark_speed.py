@@ -360,7 +360,8 @@ def trial_table(args: argparse.Namespace) -> str:
         f"- trial: `seqmem fit --config agreement` as `seqmem sweep agreement` runs it, {args.trial_steps} steps "
         "(validation every 250, TensorBoard, checkpoints, every diagnostic of defaults.yaml); without them: the "
         "same with `--trainer.callbacks []`; bare Lightning: the plain loop's network and optimizer as the "
-        "smallest LightningModule under `Trainer.fit` (clipping at 1, nothing else); plain: embedding + "
+        "smallest LightningModule under `Trainer.fit` (clipping at 1, nothing else); Lightning, logged: the same with "
+        "the trial's TensorBoard logger, validation every 250 steps and last.ckpt; plain: embedding + "
         "nn.RNN/nn.LSTM + linear head, Adam 3e-3, norm clipping at 1; both on pre-made batches",
         f"- clock: process CPU time; each ratio is the median over {args.repeats} alternating repeats of the "
         "ratio within a repeat",
