@@ -34,6 +34,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
@@ -260,27 +261,6 @@ class BareModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
-def time_lightning_trial(cell: str, batches: list[dict], data: AgreementData) -> float:
-    """CPU seconds of ``Trainer.fit`` over :class:`BareModule` on the same pre-made ``batches``: norm clipping at 1,
-    and no logger, checkpoint, validation, callback or progress bar."""
-    torch.manual_seed(0)
-    module = BareModule(cell, data.spec.input_size, data.spec.output_size)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=len(batches),
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the batches as they are, in order
-    start = time.process_time()
-    trainer.fit(module, loader)
-    return time.process_time() - start
-
-
 class LoggedModule(BareModule):
     """:class:`BareModule` with what a trial logs through Lightning itself: ``train/loss`` on logging steps and a
     validation loss and accuracy per validation run."""
@@ -296,25 +276,36 @@ class LoggedModule(BareModule):
         self.log("val/acc", (logits.argmax(-1) == batch["y"]).float().mean())
 
 
-def time_logged_trial(cell: str, folder: Path, batches: list[dict], data: AgreementData) -> float:
-    """CPU seconds of ``Trainer.fit`` over :class:`LoggedModule` with the trial's Lightning features and nothing of
-    seqmem's: a TensorBoard logger, validation every 250 steps on the trial's validation batches, ``last.ckpt``
-    at each, clipping at 1. What is left between this rung and the trial is seqmem's own."""
+def time_lightning_trial(cell: str, batches: list[dict], data: AgreementData, folder: Optional[Path] = None) -> float:
+    """CPU seconds of ``Trainer.fit`` on the same pre-made ``batches``, norm clipping at 1 and no progress bar.
+
+    Without ``folder``: :class:`BareModule` and nothing else (no logger, checkpoint, validation or callback),
+    Lightning's loop alone. With it: :class:`LoggedModule` with the trial's Lightning features and nothing of
+    seqmem's — a TensorBoard logger in ``folder``, validation every 250 steps on the trial's validation batches,
+    ``last.ckpt`` at each; what is left between this rung and the trial is seqmem's own.
+    """
     torch.manual_seed(0)
-    module = LoggedModule(cell, data.spec.input_size, data.spec.output_size)
+    module = (BareModule if folder is None else LoggedModule)(cell, data.spec.input_size, data.spec.output_size)
+    features = (
+        dict(logger=False, enable_checkpointing=False, limit_val_batches=0)
+        if folder is None
+        else dict(
+            logger=L.pytorch.loggers.TensorBoardLogger(folder, name=cell),
+            callbacks=[L.pytorch.callbacks.ModelCheckpoint(save_last=True)],
+            val_check_interval=250,
+            check_val_every_n_epoch=None,
+        )
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=len(batches),
         gradient_clip_val=1.0,
-        logger=L.pytorch.loggers.TensorBoardLogger(folder, name=cell),
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(save_last=True)],
-        val_check_interval=250,
-        check_val_every_n_epoch=None,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **features,
     )
-    loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    validation = torch.utils.data.DataLoader(list(data.val_dataloader()), batch_size=None)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the batches as they are, in order
+    validation = None if folder is None else torch.utils.data.DataLoader(list(data.val_dataloader()), batch_size=None)
     start = time.process_time()
     trainer.fit(module, loader, validation)
     return time.process_time() - start
@@ -324,7 +315,7 @@ def time_logged_trial(cell: str, folder: Path, batches: list[dict], data: Agreem
 RUNGS = {
     "plain loop": lambda cell, steps, folder, batches, data: time_plain_trial(cell, batches, data),
     "bare Lightning": lambda cell, steps, folder, batches, data: time_lightning_trial(cell, batches, data),
-    "Lightning, logged": lambda cell, steps, folder, batches, data: time_logged_trial(cell, folder, batches, data),
+    "Lightning, logged": lambda cell, steps, folder, batches, data: time_lightning_trial(cell, batches, data, folder),
     "seqmem, no diagnostics": lambda cell, steps, folder, batches, data: time_trial(cell, steps, folder, False),
     "seqmem trial": lambda cell, steps, folder, batches, data: time_trial(cell, steps, folder),
 }
