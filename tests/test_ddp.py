@@ -45,7 +45,10 @@ class SaveRankWeights(L.Callback):
 # The parameters a rank could drift on if DDP missed them: the orthogonal parametrisation's base and skew
 # matrix; the LRU's ν, θ and γ (real parameters that build a complex recurrence).
 OWN = {
-    "orthogonal": ["net.recurrent.0.parametrizations.weight.0.base", "net.recurrent.0.parametrizations.weight.original"],
+    "orthogonal": [
+        "net.recurrent.0.parametrizations.weight.0.base",
+        "net.recurrent.0.parametrizations.weight.original",
+    ],
     "lru": ["net.layers.0.nu_log", "net.layers.0.theta_log", "net.layers.0.gamma_log"],
 }
 
