@@ -57,7 +57,9 @@ def human(size: int) -> str:
 
 def activation_bytes(model: "SequenceModel", batch_size: int, steps: int, value_bytes: int = 4) -> int:
     """The fewest bytes one forward pass of ``model`` over a batch of ``batch_size`` sequences of ``steps`` takes:
-    the embedding's output, every recurrent layer's outputs and a readout "all" head's, ``value_bytes`` a value.
+    the embedding's output, what every recurrent layer keeps (its outputs, and a state wider than them:
+    :attr:`RecurrentNet.activation_width <seqmem.models.RecurrentNet.activation_width>`) and a readout "all" head's
+    output, ``value_bytes`` a value.
     Over a chunk only under truncated BPTT; backward keeps more (the gates), which this leaves out.
 
     Example:
@@ -65,10 +67,13 @@ def activation_bytes(model: "SequenceModel", batch_size: int, steps: int, value_
         >>> model = SequenceModel(AddingData(seq_len=100).spec, hidden_size=128, num_layers=2)
         >>> activation_bytes(model, batch_size=64, steps=100)  # 64 · 100 · (2 · 128) values of 4 bytes
         6553600
+        >>> lru = SequenceModel(AddingData(seq_len=100).spec, cell="lru", hidden_size=128, complex_units=64)
+        >>> activation_bytes(lru, batch_size=64, steps=100)  # 64 · 100 · (128 + 2 · 64) values of 4 bytes
+        6553600
     """
     hp, task = model.hparams, model.task
     steps = min(steps, hp.tbptt_steps or steps)
-    per_step = hp.hidden_size * hp.num_layers  # (B, T, H) per layer
+    per_step = model.net.activation_width * hp.num_layers  # (B, T, H) per layer; the LRU's (B, T, H + 2N)
     per_step += hp.embedding_size if task.input_tokens else 0  # (B, T, E)
     per_step += task.output_size if task.readout == "all" else 0  # (B, T, C)
     return batch_size * steps * per_step * value_bytes

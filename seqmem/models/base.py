@@ -105,6 +105,12 @@ class RecurrentNet(nn.Module):
         """Features of each tensor of one layer's state, the last size of the torch-format state: H by default."""
         return self.hidden_size
 
+    @property
+    def activation_width(self) -> int:
+        """Values per sequence and time step that one layer's forward keeps for backward, at the least: its outputs,
+        H by default (a state that is the output is counted once; the gates are left out)."""
+        return self.hidden_size
+
     def layer_names(self) -> list[str]:
         """The layers as the diagnostics' tags name them: layer0, layer1, ..."""
         return [f"layer{layer}" for layer in range(self.num_layers)]

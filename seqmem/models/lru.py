@@ -259,6 +259,11 @@ class LRU(RecurrentNet):
         """2N: each layer's state holds its N complex units as real pairs."""
         return 2 * self.complex_units
 
+    @property
+    def activation_width(self) -> int:
+        """H + 2N: a block keeps its output (B, T, H) and its states' real and imaginary parts (B, T, N) each."""
+        return self.hidden_size + 2 * self.complex_units
+
     def layer_weights(self, layer: int) -> tuple[Tensor, ...]:
         """(Re λ, Im λ) of one layer, (N,) each."""
         return self.layers[layer].eigenvalues()
